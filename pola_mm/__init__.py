@@ -1,8 +1,9 @@
 """pola_mm: PolaFormer backbones for MMDetection, MMSegmentation and MMPretrain.
 
-Importing the package registers every model in the ``pola_mm`` registry scope.
+Importing the package registers every model, transform, dataset and hook in the
+``pola_mm`` registry scope (see :mod:`pola_mm.registry`).
 """
 from .version import __version__
-from . import models  # noqa: F401  (registers the backbones)
+from . import datasets, engine, models  # noqa: F401  (register their classes)
 
 __all__ = ['__version__']
