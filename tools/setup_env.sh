@@ -77,7 +77,9 @@ install_compiled_stack() {
     pip_install "setuptools<81" wheel
     if ! "$PY" -c 'import torch' 2>/dev/null; then
         log "installing torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION"
-        pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+        # torch pulls in the newest setuptools unless told otherwise; mmcv's setup.py
+        # still imports pkg_resources, which setuptools 81 removed.
+        pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "setuptools<81"
     fi
     local wheel
     wheel=$(mmcv_wheel)
