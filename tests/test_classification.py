@@ -1,0 +1,178 @@
+"""MMPretrain classifiers of the released PolaFormer models (issue 7).
+
+The classifier built from each evaluation config, loaded with a random checkpoint in the
+official layout (tests/official_layout.py), must give the official model's logits for
+those weights (tests/fixtures/official_golden/, produced by the authors' code). The
+configs must also run through tools/test.py and tools/train.py on a generated dataset.
+"""
+import filecmp
+import os
+import os.path as osp
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+from mmpretrain.registry import MODELS
+
+import pola_mm  # noqa: F401  (registers the backbones and the hook)
+from pola_mm.models.classifiers import (OfficialClassifierCheckpointHook,
+                                        describe_official_arch,
+                                        official_classifier_state_dict)
+from pola_mm.testing.imagefolder import make_shapes_imagefolder
+from official_layout import (GOLDEN_DIR, official_checkpoint, official_input,
+                             official_layout_state_dict, official_shapes)
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(REPO, 'configs', 'classification')
+EVAL_CONFIGS = {
+    'pola_swin_tiny': 'pola-swin-tiny_16xb64_in1k.py',
+    'pola_swin_small': 'pola-swin-small_16xb64_in1k.py',
+    'pola_swin_base': 'pola-swin-base_16xb64_in1k.py',
+    'pola_swin_base_384': 'pola-swin-base_16xb64_in1k-384px.py',
+    'pola_pvt_tiny': 'pola-pvt-tiny_16xb64_in1k.py',
+    'pola_pvt_small': 'pola-pvt-small_16xb64_in1k.py',
+    'pola_pvt_medium': 'pola-pvt-medium_16xb64_in1k.py',
+    'pola_pvt_large': 'pola-pvt-large_16xb64_in1k.py',
+}
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual - expected).norm() / expected.norm())
+
+
+def build_classifier(arch: str) -> torch.nn.Module:
+    """The ImageClassifier of ``arch``'s evaluation config, in eval mode."""
+    cfg = Config.fromfile(osp.join(CONFIGS, EVAL_CONFIGS[arch]))
+    init_default_scope('mmpretrain')
+    return MODELS.build(cfg.model).eval()
+
+
+def load_released(model: torch.nn.Module, released: dict, name: str) -> None:
+    """Load a released-style dict the way ``load_from`` does: through the config's hook."""
+    runner = SimpleNamespace(model=model, cfg=Config(dict(load_from=name)))
+    OfficialClassifierCheckpointHook().after_load_checkpoint(runner, released)
+    model.load_state_dict(released['state_dict'], strict=True)
+
+
+@pytest.mark.parametrize('arch', sorted(EVAL_CONFIGS))
+def test_classifier_reproduces_official_logits(arch):
+    torch.manual_seed(0)
+    model = build_classifier(arch)
+    load_released(model, official_checkpoint(official_layout_state_dict(arch, seed=0)), arch)
+    with torch.no_grad():
+        logits = model(official_input(arch), mode='tensor')
+    golden = np.load(GOLDEN_DIR / f'{arch}.npz')
+    expected = torch.from_numpy(golden['logits'])
+    assert logits.shape == expected.shape == (2, 1000)
+    assert relative_error(logits, expected) < 1e-4
+
+
+def shapes_of(arch: str) -> dict:
+    """Meta tensors with the official checkpoint's shapes (no memory)."""
+    return {key: torch.empty(shape, device='meta')
+            for key, shape in official_shapes(arch).items()}
+
+
+@pytest.mark.parametrize('arch', sorted(EVAL_CONFIGS))
+def test_describe_official_arch_names_every_release(arch):
+    assert describe_official_arch(shapes_of(arch)) == arch
+
+
+def test_released_file_of_another_arch_is_rejected():
+    model = build_classifier('pola_pvt_small')
+    with pytest.raises(RuntimeError, match='holds pola_pvt_tiny weights, but the model is '
+                       'pola_pvt_small'):
+        load_released(model, {'model': official_layout_state_dict('pola_pvt_tiny')},
+                      'pola_pvt_tiny.pth')
+    with pytest.raises(RuntimeError, match='holds pola_swin_tiny weights'):
+        official_classifier_state_dict(shapes_of('pola_swin_tiny'), model.backbone)
+
+
+def test_released_file_without_classifier_is_rejected():
+    official = official_layout_state_dict('pola_pvt_tiny')
+    del official['head.weight'], official['head.bias']
+    model = build_classifier('pola_pvt_tiny')
+    with pytest.raises(RuntimeError, match='no classifier key head.weight'):
+        load_released(model, {'model': official}, 'backbone_only.pth')
+
+
+def test_imagefolder_generation_is_deterministic(tmp_path):
+    classes = make_shapes_imagefolder(str(tmp_path / 'a'), num_classes=3, seed=3)
+    make_shapes_imagefolder(str(tmp_path / 'b'), num_classes=3, seed=3)
+    assert classes == sorted(classes) == ['disc', 'square', 'triangle']
+    for split in ('train', 'val'):
+        for name in classes:
+            files = sorted(os.listdir(tmp_path / 'a' / split / name))
+            assert len(files) == 4
+            match, mismatch, errors = filecmp.cmpfiles(
+                tmp_path / 'a' / split / name, tmp_path / 'b' / split / name, files,
+                shallow=False)
+            assert not mismatch and not errors
+    with pytest.raises(ValueError, match='num_classes'):
+        make_shapes_imagefolder(str(tmp_path / 'c'), num_classes=9)
+
+
+def run_tool(*args: str) -> str:
+    """Run a pola_mm tool, fail with its output if it fails, return its output."""
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, result.stdout[-5000:]
+    return result.stdout
+
+
+@pytest.fixture(scope='module')
+def shapes_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('shapes')
+    make_shapes_imagefolder(str(root / 'data'), num_classes=3,
+                            images_per_class=dict(train=4, val=2), seed=0)
+    released = root / 'pola_pvt_tiny.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny', seed=1)), released)
+    return root
+
+
+def test_eval_config_reports_accuracy_with_tools_test(shapes_data):
+    config = shapes_data / 'eval.py'
+    config.write_text(
+        f"_base_ = ['{CONFIGS}/pola-pvt-tiny_16xb64_in1k.py']\n"
+        "test_dataloader = dict(batch_size=3, num_workers=0, dataset=dict(\n"
+        f"    _delete_=True, type='CustomDataset', data_root='{shapes_data}/data',\n"
+        "    data_prefix='val', pipeline={{_base_.test_pipeline}}))\n")
+    output = run_tool('tools/test.py', str(config), str(shapes_data / 'pola_pvt_tiny.pth'),
+                      '--work-dir', str(shapes_data / 'eval_work'))
+    assert 'accuracy/top1' in output and 'accuracy/top5' in output
+    assert 'Load checkpoint from' in output
+
+
+def test_finetune_config_trains_two_iterations(shapes_data):
+    released = shapes_data / 'pola_pvt_tiny.pth'
+    config = shapes_data / 'finetune.py'
+    config.write_text(
+        f"_base_ = ['{CONFIGS}/pola-pvt-tiny_in1k-pre_8xb32_custom.py']\n"
+        f"data_root = '{shapes_data}/data'\n"
+        "model = dict(backbone=dict(init_cfg=dict(checkpoint="
+        f"'{released}')), head=dict(num_classes=3))\n"
+        "data_preprocessor = dict(num_classes=3)\n"
+        "train_dataloader = dict(batch_size=12, num_workers=0, dataset=dict(data_root=data_root))\n"
+        "val_dataloader = dict(batch_size=6, num_workers=0, dataset=dict(data_root=data_root))\n"
+        "test_dataloader = val_dataloader\n"
+        "train_cfg = dict(max_epochs=2)\n"
+        "default_hooks = dict(logger=dict(interval=1), checkpoint=dict(save_best=None))\n")
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(shapes_data / 'finetune_work')
+    runner = Runner.from_cfg(cfg)
+    model = runner.train()
+    assert runner.iter == 2
+    assert model.head.fc.weight.shape == (3, 512)
+    # The backbone started from the released file: two steps of a warming-up AdamW
+    # (lr about 1e-7) leave its weights where the file put them.
+    official = official_layout_state_dict('pola_pvt_tiny', seed=1)
+    assert torch.allclose(model.backbone.patch_embed1.proj.weight.detach(),
+                          official['patch_embed1.proj.weight'], atol=1e-4)
+    assert osp.exists(osp.join(cfg.work_dir, 'epoch_2.pth'))
