@@ -1,0 +1,149 @@
+"""Polarity-aware linear attention (PolaFormer), the token mixer of the 'L' stages."""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.polarity_attention import polarity_linear_attention
+from .pos_embed import resize_token_grid, square_grid_side
+
+PROJECTIONS = ('qkvg', 'qg_kv')
+
+
+class PolaLinearAttention(nn.Module):
+    """Polarity-aware linear attention over one (H, W) token grid.
+
+    The official models come in two projection layouts with the same math:
+    ``'qkvg'`` (Pola-Swin: one Linear C -> 4C split into q, k, v, g) and ``'qg_kv'``
+    (Pola-PVT: Linear ``qg`` C -> 2C for q, g and Linear ``kv`` C -> 2C for k, v, the
+    latter optionally on a grid reduced by a strided conv ``sr`` + LayerNorm ``norm``).
+
+    Forward: ``k += positional_encoding`` (resized bicubically from its square
+    pretraining grid to the key grid), q and k divided by ``softplus(scale)``,
+    :func:`polarity_linear_attention` with ``power = 1 + alpha * sigmoid(power)``, plus a
+    depthwise conv ``dwc`` on v (kernel ``kernel_size``, shared by all heads), times the
+    gate g, then ``proj``.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads h; ``C / h`` must be even.
+        num_pos_tokens (int): tokens of the square pretraining key grid
+            (``positional_encoding`` has shape (1, num_pos_tokens, C)).
+        projection (str): 'qkvg' or 'qg_kv'.
+        qkv_bias (bool): bias of the q/k/v/g projections.
+        sr_ratio (int): key/value spatial reduction ('qg_kv' only).
+        alpha (float): the power lies in (1, 1 + alpha).
+        kernel_size (int): kernel of the depthwise conv on v.
+        proj_drop (float): dropout after ``proj``.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 num_pos_tokens: int,
+                 projection: str = 'qkvg',
+                 qkv_bias: bool = True,
+                 sr_ratio: int = 1,
+                 alpha: float = 4.,
+                 kernel_size: int = 5,
+                 proj_drop: float = 0.):
+        super().__init__()
+        if projection not in PROJECTIONS:
+            raise ValueError(f'projection must be one of {PROJECTIONS}, got {projection!r}')
+        if embed_dims % num_heads or (embed_dims // num_heads) % 2:
+            raise ValueError(f'embed_dims {embed_dims} must split into {num_heads} heads '
+                             'of an even number of channels')
+        if sr_ratio > 1 and projection != 'qg_kv':
+            raise ValueError("sr_ratio > 1 needs projection='qg_kv'")
+        square_grid_side(num_pos_tokens, 'positional_encoding')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.projection = projection
+        self.sr_ratio = sr_ratio
+        self.alpha = alpha
+
+        if projection == 'qkvg':
+            self.qkvg = nn.Linear(embed_dims, 4 * embed_dims, bias=qkv_bias)
+        else:
+            self.qg = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+            self.kv = nn.Linear(embed_dims, 2 * embed_dims, bias=qkv_bias)
+            if sr_ratio > 1:
+                self.sr = nn.Conv2d(embed_dims, embed_dims, sr_ratio, stride=sr_ratio)
+                self.norm = nn.LayerNorm(embed_dims)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.dwc = nn.Conv2d(self.head_dims, self.head_dims, kernel_size,
+                             padding=kernel_size // 2, groups=self.head_dims)
+        self.power = nn.Parameter(torch.zeros(1, num_heads, 1, self.head_dims))
+        self.scale = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        self.positional_encoding = nn.Parameter(torch.zeros(1, num_pos_tokens, embed_dims))
+        self._pos_cache: Dict[tuple, Tensor] = {}
+
+    def _positional_encoding(self, hw_shape: Tuple[int, int]) -> Tensor:
+        """(1, H*W, C) positional encoding for a key grid; cached per size in eval."""
+        table = self.positional_encoding
+        if self.training or torch.is_grad_enabled():
+            return resize_token_grid(table, hw_shape, 'bicubic')
+        key = (hw_shape, table._version, table.device, table.dtype)
+        if key not in self._pos_cache:
+            self._pos_cache.clear()
+            self._pos_cache[key] = resize_token_grid(table, hw_shape, 'bicubic')
+        return self._pos_cache[key]
+
+    def _project(self, x: Tensor, hw_shape: Tuple[int, int]):
+        """(B, N, C) -> q, g (B, N, C); k, v (B, n, C); key grid (h_k, w_k)."""
+        if self.projection == 'qkvg':
+            q, k, v, g = self.qkvg(x).chunk(4, dim=-1)
+            return q, k, v, g, hw_shape
+        q, g = self.qg(x).chunk(2, dim=-1)
+        kv_hw = hw_shape
+        if self.sr_ratio > 1:
+            batch, _, channels = x.shape
+            x = x.transpose(1, 2).reshape(batch, channels, *hw_shape)
+            x = self.sr(x)
+            kv_hw = tuple(x.shape[2:])
+            x = self.norm(x.flatten(2).transpose(1, 2))
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return q, k, v, g, kv_hw
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        """
+        Args:
+            x (Tensor): (B, N, C) tokens of an H x W grid in row-major order.
+            hw_shape (tuple[int, int]): (H, W), with H * W == N.
+
+        Returns:
+            Tensor: (B, N, C).
+        """
+        batch, num_tokens, channels = x.shape
+        height, width = hw_shape
+        if height * width != num_tokens:
+            raise ValueError(f'{num_tokens} tokens do not form the grid {height}x{width}')
+        q, k, v, g, kv_hw = self._project(x, hw_shape)
+        k = k + self._positional_encoding(kv_hw)
+        scale = F.softplus(self.scale)
+        power = 1 + self.alpha * torch.sigmoid(self.power)
+
+        def heads(t: Tensor) -> Tensor:  # (B, L, C) -> (B, h, L, d)
+            return t.reshape(batch, -1, self.num_heads, self.head_dims).transpose(1, 2)
+
+        v = heads(v)
+        out = polarity_linear_attention(heads(q / scale), heads(k / scale), v, power)
+        out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
+
+        if self.sr_ratio > 1:  # official: 1-D linear interpolation over flattened tokens
+            v = F.interpolate(
+                v.transpose(-2, -1).reshape(batch * self.num_heads, self.head_dims, -1),
+                size=num_tokens, mode='linear').reshape(
+                    batch, self.num_heads, self.head_dims, num_tokens).transpose(-2, -1)
+        v = v.reshape(batch * self.num_heads, height, width, self.head_dims)
+        local = self.dwc(v.permute(0, 3, 1, 2)).reshape(batch, channels, num_tokens)
+        out = (out + local.transpose(1, 2)) * g
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
+                f'projection={self.projection!r}, sr_ratio={self.sr_ratio}, '
+                f'alpha={self.alpha}')

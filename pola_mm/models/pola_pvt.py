@@ -1,0 +1,212 @@
+"""Pola-PVT: Pyramid Vision Transformer (v1) with polarity-aware linear attention."""
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from timm.layers import DropPath, Mlp
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..registry import register_model
+from .backbone_utils import (check_frozen_stages, check_image, check_out_indices,
+                             freeze_module, parse_arch)
+from .patch_embed import PatchEmbed
+from .pola_attention import PolaLinearAttention
+from .pos_embed import resize_token_grid
+
+BLOCK_NORM_EPS = 1e-6  # the official blocks use 1e-6; patch embeds keep 1e-5
+
+
+class PolaPVTBlock(nn.Module):
+    """``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads.
+        num_pos_tokens (int): pretraining key tokens of the positional encoding.
+        mlp_ratio (float): MLP hidden ratio.
+        sr_ratio (int): key/value spatial reduction of the attention.
+        qkv_bias (bool): bias of the attention projections.
+        drop_rate (float): dropout after projections.
+        drop_path_rate (float): stochastic depth of this block.
+        with_cp (bool): recompute the block in backward to save memory.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, num_pos_tokens: int,
+                 mlp_ratio: float, sr_ratio: int = 1, qkv_bias: bool = True,
+                 drop_rate: float = 0., drop_path_rate: float = 0., with_cp: bool = False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.norm1 = nn.LayerNorm(embed_dims, eps=BLOCK_NORM_EPS)
+        self.attn = PolaLinearAttention(embed_dims, num_heads, num_pos_tokens, 'qg_kv',
+                                        qkv_bias=qkv_bias, sr_ratio=sr_ratio,
+                                        proj_drop=drop_rate)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(embed_dims, eps=BLOCK_NORM_EPS)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop_rate)
+
+    def _forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        """(B, H*W, C) -> (B, H*W, C)."""
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+
+@register_model
+class PolaPVT(BaseModule):
+    """Pola-PVT backbone (PolaFormer, ICLR 2025) for detection, segmentation and
+    classification.
+
+    Four stages of patch embedding (patch 4, then 2, 2, 2), a learnable ``pos_embed{s}``
+    (resized bilinearly from its square pretraining grid when the grid differs, as the
+    official forward does) and blocks of polarity-aware linear attention over the whole
+    stage map. Any input size works; outputs are (B, C_s, ceil(H / stride),
+    ceil(W / stride)) without output norms, as mmdet's PVT v1.
+
+    Parameter names follow the official checkpoints (``patch_embed{s}``, ``pos_embed{s}``,
+    ``block{s}.{j}``, ``norm``), which load through
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``. The official final ``norm`` is
+    never used by the official classifier; it is kept for key parity, frozen
+    (``requires_grad=False``, so DDP needs no ``find_unused_parameters``) and applied to
+    the last output only with ``final_norm=True``.
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'medium', 'large', or a dict with
+            ``embed_dims``, ``depths``, ``num_heads``, ``mlp_ratios`` (4 ints each) and
+            optionally ``sr_ratios`` (4 ints, default all 1 as released).
+        pretrain_img_size (int): image size of the pretraining (sets the grids of the
+            positional tables: 56, 28, 14, 7 at 224).
+        in_channels (int): input channels.
+        qkv_bias (bool): bias of the attention projections.
+        drop_rate (float): dropout after projections and positional embeddings.
+        drop_path_rate (float): maximal stochastic depth, linearly increasing per block.
+        out_indices (Sequence[int]): stages whose outputs are returned (0-3).
+        frozen_stages (int): -1 freezes nothing, k freezes stages 1..k.
+        norm_eval (bool): keep BatchNorm layers in eval mode while training.
+        final_norm (bool): apply the official ``norm`` to the last stage's output.
+        with_cp (bool): activation checkpointing per block.
+        init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
+    """
+
+    arch_zoo: Dict[str, Dict] = {
+        name: dict(embed_dims=[64, 128, 320, 512], depths=depths, num_heads=[1, 2, 5, 8],
+                   mlp_ratios=[8, 8, 4, 4])
+        for name, depths in (('tiny', [2, 2, 2, 2]), ('small', [3, 4, 6, 3]),
+                             ('medium', [3, 4, 18, 3]), ('large', [3, 8, 27, 3]))
+    }
+    num_stages = 4
+    patch_sizes = (4, 2, 2, 2)
+
+    def __init__(self,
+                 arch: Union[str, Dict] = 'tiny',
+                 pretrain_img_size: int = 224,
+                 in_channels: int = 3,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 final_norm: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        arch = parse_arch(self.arch_zoo, arch,
+                          per_stage=('embed_dims', 'depths', 'num_heads', 'mlp_ratios',
+                                     'sr_ratios'),
+                          scalars=(), optional=dict(sr_ratios=[1, 1, 1, 1]),
+                          num_stages=self.num_stages)
+        self.arch = arch
+        self.num_features = list(arch['embed_dims'])
+        self.out_indices = check_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
+        self.norm_eval = norm_eval
+        self.final_norm = final_norm
+        if pretrain_img_size % 32:
+            raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of 32')
+
+        block_rates = torch.linspace(0, drop_path_rate, sum(arch['depths'])).tolist()
+        self.pos_drop = nn.Dropout(drop_rate)
+        in_dims, grid = in_channels, pretrain_img_size
+        for s in range(self.num_stages):
+            dims, depth = arch['embed_dims'][s], arch['depths'][s]
+            grid //= self.patch_sizes[s]
+            sr_ratio = arch['sr_ratios'][s]
+            self.add_module(f'patch_embed{s + 1}', PatchEmbed(in_dims, dims, self.patch_sizes[s]))
+            self.register_parameter(f'pos_embed{s + 1}',
+                                    nn.Parameter(torch.zeros(1, grid * grid, dims)))
+            first = sum(arch['depths'][:s])
+            self.add_module(
+                f'block{s + 1}',
+                nn.ModuleList(
+                    PolaPVTBlock(dims, arch['num_heads'][s], (grid // sr_ratio)**2,
+                                 arch['mlp_ratios'][s], sr_ratio, qkv_bias, drop_rate,
+                                 block_rates[first + j], with_cp) for j in range(depth)))
+            in_dims = dims
+        self.norm = nn.LayerNorm(in_dims, eps=BLOCK_NORM_EPS)
+        self.norm.requires_grad_(final_norm)
+        self._freeze_stages()
+
+    def init_weights(self):
+        """Official initialisation, or the weights given by ``init_cfg``."""
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from ..checkpoint import load_pretrained_backbone
+            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
+            return
+        super().init_weights()
+        for name, param in self.named_parameters():
+            if name.startswith('pos_embed'):
+                trunc_normal_(param, std=.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _stage(self, s: int):
+        """(patch embed, pos_embed, blocks) of stage ``s`` (0-based)."""
+        return (getattr(self, f'patch_embed{s + 1}'), getattr(self, f'pos_embed{s + 1}'),
+                getattr(self, f'block{s + 1}'))
+
+    def _freeze_stages(self):
+        for s in range(self.frozen_stages):
+            patch_embed, pos_embed, blocks = self._stage(s)
+            freeze_module(patch_embed)
+            freeze_module(blocks)
+            pos_embed.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """(B, C_in, H, W) -> tuple of (B, C_s, ceil(H / 2^(s+2)), ceil(W / 2^(s+2)))
+        for s in ``out_indices``."""
+        check_image(x, 32)
+        outs = []
+        for s in range(self.num_stages):
+            patch_embed, pos_embed, blocks = self._stage(s)
+            x, hw_shape = patch_embed(x)
+            x = self.pos_drop(x + resize_token_grid(pos_embed, hw_shape, 'bilinear'))
+            for block in blocks:
+                x = block(x, hw_shape)
+            if s == self.num_stages - 1 and self.final_norm:
+                x = self.norm(x)
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, *hw_shape)
+            if s in self.out_indices:
+                outs.append(x)
+        return tuple(outs)

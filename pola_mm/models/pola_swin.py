@@ -1,0 +1,253 @@
+"""Pola-Swin: Swin Transformer with polarity-aware linear attention in its 'L' stages."""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from timm.layers import DropPath, Mlp
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..registry import register_model
+from .backbone_utils import (check_frozen_stages, check_image, check_out_indices,
+                             freeze_module, parse_arch)
+from .patch_embed import PatchEmbed
+from .pola_attention import PolaLinearAttention
+from .window_attention import ShiftWindowAttention
+
+
+class PolaSwinBlock(nn.Module):
+    """``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads.
+        attn_type (str): 'L' (global Pola attention) or 'S' (window softmax attention).
+        num_pos_tokens (int): pretraining tokens of the Pola positional encoding ('L').
+        window_size (int): window of the softmax attention ('S').
+        shift (bool): shifted windows ('S').
+        mlp_ratio (float): hidden channels of the MLP relative to C.
+        qkv_bias (bool): bias of the attention projections.
+        drop_rate (float): dropout after projections.
+        attn_drop_rate (float): dropout on softmax attention weights.
+        drop_path_rate (float): stochastic depth of this block.
+        with_cp (bool): recompute the block in backward to save memory.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, attn_type: str, num_pos_tokens: int,
+                 window_size: int, shift: bool, mlp_ratio: float = 4., qkv_bias: bool = True,
+                 drop_rate: float = 0., attn_drop_rate: float = 0., drop_path_rate: float = 0.,
+                 with_cp: bool = False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.norm1 = nn.LayerNorm(embed_dims)
+        if attn_type == 'L':
+            self.attn = PolaLinearAttention(embed_dims, num_heads, num_pos_tokens, 'qkvg',
+                                            qkv_bias=qkv_bias, proj_drop=drop_rate)
+        else:
+            self.attn = ShiftWindowAttention(embed_dims, num_heads, window_size, shift,
+                                             qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
+                                             proj_drop=drop_rate)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop_rate)
+
+    def _forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        """(B, H*W, C) -> (B, H*W, C)."""
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+
+class PatchMerging(nn.Module):
+    """2x2 patch merging in the official channel order, for any (H, W).
+
+    Concatenates the neighbours (row 0, col 0), (row 1, col 0), (row 0, col 1),
+    (row 1, col 1) of each 2x2 cell (odd sizes are zero-padded), then LayerNorm(4C) and
+    Linear(4C, 2C, no bias): (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C).
+    """
+
+    def __init__(self, embed_dims: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * embed_dims)
+        self.reduction = nn.Linear(4 * embed_dims, 2 * embed_dims, bias=False)
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tuple[Tensor, Tuple[int, int]]:
+        batch, _, channels = x.shape
+        height, width = hw_shape
+        x = x.view(batch, height, width, channels)
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+                      dim=-1)
+        hw_shape = (x.shape[1], x.shape[2])
+        return self.reduction(self.norm(x.flatten(1, 2))), hw_shape
+
+
+class PolaSwinStage(nn.Module):
+    """Blocks of one stage, then (except the last stage) a :class:`PatchMerging`."""
+
+    def __init__(self, blocks: List[PolaSwinBlock], downsample: Optional[PatchMerging]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]):
+        """Returns the stage output (B, H*W, C) and the next stage's input and grid."""
+        for block in self.blocks:
+            x = block(x, hw_shape)
+        if self.downsample is None:
+            return x, x, hw_shape
+        x_down, down_hw = self.downsample(x, hw_shape)
+        return x, x_down, down_hw
+
+
+@register_model
+class PolaSwinTransformer(BaseModule):
+    """Pola-Swin backbone (PolaFormer, ICLR 2025) for detection, segmentation and
+    classification.
+
+    Stages whose ``attn_types`` letter is 'L' use polarity-aware linear attention over
+    the whole stage map (as the released models were trained at 224: 56x56 and 28x28
+    windows cover the map), with the positional encoding resized bicubically from its
+    pretraining grid to the map. 'S' stages use Swin's shifted-window softmax attention.
+    Any input size works; outputs are cropped to ceil(H / stride) x ceil(W / stride).
+
+    Parameter names follow the official checkpoints, which load through
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` (see
+    :mod:`pola_mm.checkpoint`). Each output goes through a LayerNorm ``norm{i}``; the
+    official final ``norm`` initialises the last stage's.
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'base', or a dict with ``embed_dims`` (int),
+            ``depths`` and ``num_heads`` (4 ints each) and optionally ``attn_types``
+            (4 letters of 'L'/'S', default 'LLSS').
+        pretrain_img_size (int): image size of the pretraining (224, or 384 for the
+            Pola-Swin-B-384 weights); sets the Pola positional-encoding grids.
+        in_channels (int): input channels.
+        patch_size (int): side of the patch embedding.
+        window_size (int): window of the 'S' stages (7; 12 for the 384 weights).
+        mlp_ratio (float): MLP hidden ratio.
+        qkv_bias (bool): bias of the attention projections.
+        drop_rate (float): dropout after projections.
+        attn_drop_rate (float): dropout on softmax attention weights.
+        drop_path_rate (float): maximal stochastic depth, linearly increasing per block.
+        out_indices (Sequence[int]): stages whose outputs are returned (0-3).
+        frozen_stages (int): stages (and the patch embedding) to freeze; -1 freezes none,
+            0 the patch embedding only, k the embedding and stages 1..k.
+        norm_eval (bool): keep norm layers in eval mode while training (BatchNorm only;
+            LayerNorm has no running statistics).
+        with_cp (bool): activation checkpointing per block.
+        init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
+    """
+
+    arch_zoo: Dict[str, Dict] = {
+        'tiny': dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+        'small': dict(embed_dims=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24]),
+        'base': dict(embed_dims=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
+    }
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, Dict] = 'tiny',
+                 pretrain_img_size: int = 224,
+                 in_channels: int = 3,
+                 patch_size: int = 4,
+                 window_size: int = 7,
+                 mlp_ratio: float = 4.,
+                 qkv_bias: bool = True,
+                 drop_rate: float = 0.,
+                 attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.2,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        arch = parse_arch(self.arch_zoo, arch, per_stage=('depths', 'num_heads'),
+                          scalars=('embed_dims', ), optional=dict(attn_types='LLSS'),
+                          num_stages=self.num_stages)
+        self.arch = arch
+        embed_dims = arch['embed_dims']
+        self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
+        self.out_indices = check_out_indices(out_indices, self.num_stages)
+        self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
+        self.norm_eval = norm_eval
+        if pretrain_img_size % (patch_size * 8):
+            raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of '
+                             f'{patch_size * 8}')
+
+        self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
+        block_rates = torch.linspace(0, drop_path_rate, sum(arch['depths'])).tolist()
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(arch['depths'], arch['num_heads'])):
+            channels = self.num_features[i]
+            grid = pretrain_img_size // patch_size // 2**i
+            first = sum(arch['depths'][:i])
+            blocks = [
+                PolaSwinBlock(channels, heads, arch['attn_types'][i], grid * grid, window_size,
+                              shift=j % 2 == 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                              drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                              drop_path_rate=block_rates[first + j], with_cp=with_cp)
+                for j in range(depth)
+            ]
+            downsample = PatchMerging(channels) if i < self.num_stages - 1 else None
+            self.layers.append(PolaSwinStage(blocks, downsample))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+        self._freeze_stages()
+
+    def init_weights(self):
+        """Official initialisation, or the weights given by ``init_cfg``."""
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from ..checkpoint import load_pretrained_backbone
+            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
+            return
+        super().init_weights()
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, ShiftWindowAttention):
+                trunc_normal_(module.relative_position_bias_table, std=.02)
+
+    def _freeze_stages(self):
+        if self.frozen_stages >= 0:
+            freeze_module(self.patch_embed)
+        for i in range(self.frozen_stages):
+            freeze_module(self.layers[i])
+            if i in self.out_indices:
+                freeze_module(getattr(self, f'norm{i}'))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """(B, C_in, H, W) -> tuple of (B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))
+        for i in ``out_indices``."""
+        check_image(x, self.patch_embed.patch_size * 2**(self.num_stages - 1))
+        x, hw_shape = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            out, x, next_hw = stage(x, hw_shape)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(out)
+                outs.append(out.transpose(1, 2).reshape(out.shape[0], -1, *hw_shape))
+            hw_shape = next_hw
+        return tuple(outs)

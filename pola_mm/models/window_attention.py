@@ -1,0 +1,159 @@
+"""Swin's (shifted) window softmax attention, used by Pola-Swin's 'S' stages."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.model.weight_init import trunc_normal_
+from torch import Tensor, nn
+
+MASK_VALUE = -100.
+
+
+def relative_position_index(window_size: int) -> Tensor:
+    """(w*w, w*w) index into a ((2w-1)^2, heads) relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size),
+                                        indexing='ij')).flatten(1)  # (2, w*w)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + window_size - 1
+    return relative[..., 0] * (2 * window_size - 1) + relative[..., 1]
+
+
+def window_partition(x: Tensor, window_size: int) -> Tensor:
+    """(B, H, W, C) with H, W multiples of the window -> (B * nW, w*w, C)."""
+    batch, height, width, channels = x.shape
+    x = x.view(batch, height // window_size, window_size, width // window_size, window_size,
+               channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, channels)
+
+
+def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
+    """(B * nW, w*w, C) -> (B, H, W, C); inverse of :func:`window_partition`."""
+    channels = windows.shape[-1]
+    x = windows.view(-1, height // window_size, width // window_size, window_size,
+                     window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+class ShiftWindowAttention(nn.Module):
+    """Multi-head softmax attention in (shifted) windows with a relative position bias.
+
+    Parameters carry the official names (``qkv``, ``proj``,
+    ``relative_position_bias_table``). Any (H, W) works: the map is padded to window
+    multiples (padded keys are masked out, so outputs do not depend on the padding) and
+    cropped back. As in the official code, a map no larger than the window in its
+    smaller side is attended in windows of ``min(H, W, window_size)`` without shift; the
+    bias of a smaller window uses the matching offsets of the table.
+
+    Args:
+        embed_dims (int): channels C.
+        num_heads (int): heads.
+        window_size (int): window side w.
+        shift (bool): shift windows by w // 2 (odd blocks of a stage).
+        qkv_bias (bool): bias of the qkv projection.
+        attn_drop (float): dropout on attention weights.
+        proj_drop (float): dropout after ``proj``.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 shift: bool = False,
+                 qkv_bias: bool = True,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by {num_heads} heads')
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift = shift
+        self.qkv = nn.Linear(embed_dims, 3 * embed_dims, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1)**2, num_heads))
+        self.register_buffer(
+            'relative_position_index', relative_position_index(window_size), persistent=False)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def _relative_bias(self, window_size: int) -> Tensor:
+        """(heads, w*w, w*w) bias for windows of side ``window_size`` <= the table's."""
+        index = self.relative_position_index
+        if window_size != self.window_size:
+            offset = self.window_size - window_size
+            rows = torch.arange(window_size, device=index.device) + offset
+            # positions of the smaller window inside the table's window
+            flat = (rows[:, None] * self.window_size + rows[None, :]).flatten()
+            index = index[flat][:, flat]
+        bias = self.relative_position_bias_table[index.flatten()]
+        return bias.view(window_size**2, window_size**2, -1).permute(2, 0, 1)
+
+    @staticmethod
+    def _mask(padded_hw: Tuple[int, int], hw_shape: Tuple[int, int], window_size: int,
+              shift_size: int, device: torch.device) -> Optional[Tensor]:
+        """(nW, w*w, w*w) additive mask separating shift regions and padding, or None."""
+        padded_h, padded_w = padded_hw
+        if shift_size == 0 and padded_hw == tuple(hw_shape):
+            return None
+        labels = torch.zeros(padded_h, padded_w, device=device)
+        if shift_size:
+            bounds = (slice(0, -window_size), slice(-window_size, -shift_size),
+                      slice(-shift_size, None))
+            for i, rows in enumerate(bounds):
+                for j, cols in enumerate(bounds):
+                    labels[rows, cols] = 3 * i + j
+        # padding in image coordinates, moved to where the cyclic shift puts it
+        padding = torch.ones(padded_h, padded_w, device=device)
+        padding[:hw_shape[0], :hw_shape[1]] = 0
+        padding = torch.roll(padding, (-shift_size, -shift_size), dims=(0, 1))
+        labels = labels + 9 * padding
+        windows = window_partition(labels[None, :, :, None], window_size).squeeze(-1)
+        different = windows[:, :, None] != windows[:, None, :]
+        return different.float() * MASK_VALUE
+
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        """
+        Args:
+            x (Tensor): (B, N, C) tokens of an H x W grid in row-major order.
+            hw_shape (tuple[int, int]): (H, W).
+
+        Returns:
+            Tensor: (B, N, C).
+        """
+        batch, num_tokens, channels = x.shape
+        height, width = hw_shape
+        window_size = min(self.window_size, height, width)
+        shift_size = self.window_size // 2 if self.shift and min(height, width) > window_size \
+            else 0
+        pad_h, pad_w = -height % window_size, -width % window_size
+        x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, pad_w, 0, pad_h))
+        padded_hw = (height + pad_h, width + pad_w)
+        if shift_size:
+            x = torch.roll(x, (-shift_size, -shift_size), dims=(1, 2))
+        mask = self._mask(padded_hw, hw_shape, window_size, shift_size, x.device)
+
+        windows = window_partition(x, window_size)  # (B*nW, w*w, C)
+        qkv = self.qkv(windows).reshape(windows.shape[0], -1, 3, self.num_heads,
+                                        channels // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B*nW, heads, w*w, d)
+        attn = (q * (channels // self.num_heads)**-0.5) @ k.transpose(-2, -1)
+        attn = attn + self._relative_bias(window_size)
+        if mask is not None:
+            num_windows = mask.shape[0]
+            attn = attn.view(batch, num_windows, self.num_heads, window_size**2,
+                             window_size**2) + mask[None, :, None].to(attn.dtype)
+            attn = attn.view(-1, self.num_heads, window_size**2, window_size**2)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        windows = (attn @ v).transpose(1, 2).reshape(windows.shape[0], -1, channels)
+        windows = self.proj_drop(self.proj(windows))
+
+        x = window_reverse(windows, window_size, *padded_hw)
+        if shift_size:
+            x = torch.roll(x, (shift_size, shift_size), dims=(1, 2))
+        return x[:, :height, :width].reshape(batch, num_tokens, channels)
+
+    def extra_repr(self) -> str:
+        return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
+                f'window_size={self.window_size}, shift={self.shift}')
