@@ -1,7 +1,55 @@
-"""Argument checks and helpers shared by the Pola backbones."""
+"""The base class, argument checks and helpers shared by the Pola backbones."""
 from typing import Dict, Sequence, Tuple, Union
 
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+TRUNC_NORMAL_TABLES = ('pos_embed', 'relative_position_bias_table')
+
+
+class PolaBackbone(BaseModule):
+    """What Pola-Swin and Pola-PVT share: initialisation (official, or a released
+    checkpoint through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``) and the
+    ``frozen_stages`` / ``norm_eval`` behaviour of :meth:`train`.
+
+    Subclasses set ``frozen_stages`` and ``norm_eval`` and implement ``_freeze_stages``.
+    """
+
+    def init_weights(self):
+        """Official initialisation: truncated normal (std .02) for Linear weights and
+        positional tables, zero biases, LayerNorm 1/0; Pola ``scale``, ``power`` and
+        ``positional_encoding`` stay zero. With a ``Pretrained`` init_cfg, load it."""
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            from ..checkpoint import load_pretrained_backbone
+            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
+            return
+        super().init_weights()
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            if name.rsplit('.', 1)[-1].startswith(TRUNC_NORMAL_TABLES):
+                trunc_normal_(param, std=.02)
+
+    def _freeze_stages(self):
+        raise NotImplementedError
+
+    def train(self, mode: bool = True):
+        """Set the mode, keeping frozen stages (and BatchNorms with ``norm_eval``) in eval."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
 
 
 def parse_arch(arch_zoo: Dict[str, Dict], arch: Union[str, Dict], per_stage: Sequence[str],

@@ -2,16 +2,12 @@
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
-from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import register_model
-from .backbone_utils import (check_frozen_stages, check_image, check_out_indices,
-                             freeze_module, parse_arch)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
+                             check_out_indices, freeze_module, parse_arch)
+from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
 from .pos_embed import resize_token_grid
@@ -19,47 +15,8 @@ from .pos_embed import resize_token_grid
 BLOCK_NORM_EPS = 1e-6  # the official blocks use 1e-6; patch embeds keep 1e-5
 
 
-class PolaPVTBlock(nn.Module):
-    """``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``.
-
-    Args:
-        embed_dims (int): channels C.
-        num_heads (int): heads.
-        num_pos_tokens (int): pretraining key tokens of the positional encoding.
-        mlp_ratio (float): MLP hidden ratio.
-        sr_ratio (int): key/value spatial reduction of the attention.
-        qkv_bias (bool): bias of the attention projections.
-        drop_rate (float): dropout after projections.
-        drop_path_rate (float): stochastic depth of this block.
-        with_cp (bool): recompute the block in backward to save memory.
-    """
-
-    def __init__(self, embed_dims: int, num_heads: int, num_pos_tokens: int,
-                 mlp_ratio: float, sr_ratio: int = 1, qkv_bias: bool = True,
-                 drop_rate: float = 0., drop_path_rate: float = 0., with_cp: bool = False):
-        super().__init__()
-        self.with_cp = with_cp
-        self.norm1 = nn.LayerNorm(embed_dims, eps=BLOCK_NORM_EPS)
-        self.attn = PolaLinearAttention(embed_dims, num_heads, num_pos_tokens, 'qg_kv',
-                                        qkv_bias=qkv_bias, sr_ratio=sr_ratio,
-                                        proj_drop=drop_rate)
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(embed_dims, eps=BLOCK_NORM_EPS)
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop_rate)
-
-    def _forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
-        """(B, H*W, C) -> (B, H*W, C)."""
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, hw_shape, use_reentrant=False)
-        return self._forward(x, hw_shape)
-
-
 @register_model
-class PolaPVT(BaseModule):
+class PolaPVT(PolaBackbone):
     """Pola-PVT backbone (PolaFormer, ICLR 2025) for detection, segmentation and
     classification.
 
@@ -142,35 +99,21 @@ class PolaPVT(BaseModule):
             self.register_parameter(f'pos_embed{s + 1}',
                                     nn.Parameter(torch.zeros(1, grid * grid, dims)))
             first = sum(arch['depths'][:s])
-            self.add_module(
-                f'block{s + 1}',
-                nn.ModuleList(
-                    PolaPVTBlock(dims, arch['num_heads'][s], (grid // sr_ratio)**2,
-                                 arch['mlp_ratios'][s], sr_ratio, qkv_bias, drop_rate,
-                                 block_rates[first + j], with_cp) for j in range(depth)))
+            blocks = [
+                PreNormBlock(
+                    dims,
+                    PolaLinearAttention(dims, arch['num_heads'][s], (grid // sr_ratio)**2,
+                                        'qg_kv', qkv_bias=qkv_bias, sr_ratio=sr_ratio,
+                                        proj_drop=drop_rate), arch['mlp_ratios'][s],
+                    norm_eps=BLOCK_NORM_EPS, drop_rate=drop_rate,
+                    drop_path_rate=block_rates[first + j], with_cp=with_cp)
+                for j in range(depth)
+            ]
+            self.add_module(f'block{s + 1}', nn.ModuleList(blocks))
             in_dims = dims
         self.norm = nn.LayerNorm(in_dims, eps=BLOCK_NORM_EPS)
         self.norm.requires_grad_(final_norm)
         self._freeze_stages()
-
-    def init_weights(self):
-        """Official initialisation, or the weights given by ``init_cfg``."""
-        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained_backbone
-            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
-            return
-        super().init_weights()
-        for name, param in self.named_parameters():
-            if name.startswith('pos_embed'):
-                trunc_normal_(param, std=.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def _stage(self, s: int):
         """(patch embed, pos_embed, blocks) of stage ``s`` (0-based)."""
@@ -183,15 +126,6 @@ class PolaPVT(BaseModule):
             freeze_module(patch_embed)
             freeze_module(blocks)
             pos_embed.requires_grad = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, C_in, H, W) -> tuple of (B, C_s, ceil(H / 2^(s+2)), ceil(W / 2^(s+2)))

@@ -3,66 +3,15 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-from mmengine.model import BaseModule
-from mmengine.model.weight_init import trunc_normal_
-from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import register_model
-from .backbone_utils import (check_frozen_stages, check_image, check_out_indices,
-                             freeze_module, parse_arch)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
+                             check_out_indices, freeze_module, parse_arch)
+from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
 from .window_attention import ShiftWindowAttention
-
-
-class PolaSwinBlock(nn.Module):
-    """``x + DropPath(attn(norm1(x)))`` then ``x + DropPath(mlp(norm2(x)))``.
-
-    Args:
-        embed_dims (int): channels C.
-        num_heads (int): heads.
-        attn_type (str): 'L' (global Pola attention) or 'S' (window softmax attention).
-        num_pos_tokens (int): pretraining tokens of the Pola positional encoding ('L').
-        window_size (int): window of the softmax attention ('S').
-        shift (bool): shifted windows ('S').
-        mlp_ratio (float): hidden channels of the MLP relative to C.
-        qkv_bias (bool): bias of the attention projections.
-        drop_rate (float): dropout after projections.
-        attn_drop_rate (float): dropout on softmax attention weights.
-        drop_path_rate (float): stochastic depth of this block.
-        with_cp (bool): recompute the block in backward to save memory.
-    """
-
-    def __init__(self, embed_dims: int, num_heads: int, attn_type: str, num_pos_tokens: int,
-                 window_size: int, shift: bool, mlp_ratio: float = 4., qkv_bias: bool = True,
-                 drop_rate: float = 0., attn_drop_rate: float = 0., drop_path_rate: float = 0.,
-                 with_cp: bool = False):
-        super().__init__()
-        self.with_cp = with_cp
-        self.norm1 = nn.LayerNorm(embed_dims)
-        if attn_type == 'L':
-            self.attn = PolaLinearAttention(embed_dims, num_heads, num_pos_tokens, 'qkvg',
-                                            qkv_bias=qkv_bias, proj_drop=drop_rate)
-        else:
-            self.attn = ShiftWindowAttention(embed_dims, num_heads, window_size, shift,
-                                             qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
-                                             proj_drop=drop_rate)
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(embed_dims)
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop_rate)
-
-    def _forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
-        """(B, H*W, C) -> (B, H*W, C)."""
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, hw_shape, use_reentrant=False)
-        return self._forward(x, hw_shape)
 
 
 class PatchMerging(nn.Module):
@@ -92,7 +41,7 @@ class PatchMerging(nn.Module):
 class PolaSwinStage(nn.Module):
     """Blocks of one stage, then (except the last stage) a :class:`PatchMerging`."""
 
-    def __init__(self, blocks: List[PolaSwinBlock], downsample: Optional[PatchMerging]):
+    def __init__(self, blocks: List[PreNormBlock], downsample: Optional[PatchMerging]):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
@@ -108,7 +57,7 @@ class PolaSwinStage(nn.Module):
 
 
 @register_model
-class PolaSwinTransformer(BaseModule):
+class PolaSwinTransformer(PolaBackbone):
     """Pola-Swin backbone (PolaFormer, ICLR 2025) for detection, segmentation and
     classification.
 
@@ -190,36 +139,23 @@ class PolaSwinTransformer(BaseModule):
             channels = self.num_features[i]
             grid = pretrain_img_size // patch_size // 2**i
             first = sum(arch['depths'][:i])
-            blocks = [
-                PolaSwinBlock(channels, heads, arch['attn_types'][i], grid * grid, window_size,
-                              shift=j % 2 == 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                              drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                              drop_path_rate=block_rates[first + j], with_cp=with_cp)
-                for j in range(depth)
-            ]
+            blocks = []
+            for j in range(depth):
+                if arch['attn_types'][i] == 'L':
+                    attn = PolaLinearAttention(channels, heads, grid * grid, 'qkvg',
+                                               qkv_bias=qkv_bias, proj_drop=drop_rate)
+                else:
+                    attn = ShiftWindowAttention(channels, heads, window_size, shift=j % 2 == 1,
+                                                qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
+                                                proj_drop=drop_rate)
+                blocks.append(
+                    PreNormBlock(channels, attn, mlp_ratio, drop_rate=drop_rate,
+                                 drop_path_rate=block_rates[first + j], with_cp=with_cp))
             downsample = PatchMerging(channels) if i < self.num_stages - 1 else None
             self.layers.append(PolaSwinStage(blocks, downsample))
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
         self._freeze_stages()
-
-    def init_weights(self):
-        """Official initialisation, or the weights given by ``init_cfg``."""
-        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained_backbone
-            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
-            return
-        super().init_weights()
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight, std=.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, ShiftWindowAttention):
-                trunc_normal_(module.relative_position_bias_table, std=.02)
 
     def _freeze_stages(self):
         if self.frozen_stages >= 0:
@@ -228,15 +164,6 @@ class PolaSwinTransformer(BaseModule):
             freeze_module(self.layers[i])
             if i in self.out_indices:
                 freeze_module(getattr(self, f'norm{i}'))
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, C_in, H, W) -> tuple of (B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))
