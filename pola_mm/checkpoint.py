@@ -141,8 +141,8 @@ def resize_to(name: str, value: Tensor, shape: torch.Size) -> Optional[Tensor]:
         return grid.reshape(-1, dst * dst).T.to(value.dtype)
     if value.shape[0] != 1 or value.shape[2] != shape[2]:  # (1, S*S, C)
         return None
-    side = square_grid_side(shape[1])
-    return resize_token_grid(value, (side, side), 'bicubic')
+    src, dst = square_grid_side(value.shape[1]), square_grid_side(shape[1])
+    return resize_token_grid(value, (src, src), (dst, dst), 'bicubic')
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor],

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.polarity_attention import polarity_linear_attention
-from .pos_embed import resize_token_grid, square_grid_side
+from .pos_embed import resize_token_grid
 
 PROJECTIONS = ('qkvg', 'qg_kv')
 
@@ -19,8 +19,8 @@ class PolaLinearAttention(nn.Module):
     (Pola-PVT: Linear ``qg`` C -> 2C for q, g and Linear ``kv`` C -> 2C for k, v, the
     latter optionally on a grid reduced by a strided conv ``sr`` + LayerNorm ``norm``).
 
-    Forward: ``k += positional_encoding`` (resized bicubically from its square
-    pretraining grid to the key grid), q and k divided by ``softplus(scale)``,
+    Forward: ``k += positional_encoding`` (resized bicubically from its pretraining
+    grid to the key grid), q and k divided by ``softplus(scale)``,
     :func:`polarity_linear_attention` with ``power = 1 + alpha * sigmoid(power)``, plus a
     depthwise conv ``dwc`` on v (kernel ``kernel_size``, shared by all heads), times the
     gate g, then ``proj``.
@@ -28,8 +28,8 @@ class PolaLinearAttention(nn.Module):
     Args:
         embed_dims (int): channels C.
         num_heads (int): heads h; ``C / h`` must be even.
-        num_pos_tokens (int): tokens of the square pretraining key grid
-            (``positional_encoding`` has shape (1, num_pos_tokens, C)).
+        pos_grid (tuple[int, int]): the key grid (h, w) of pretraining;
+            ``positional_encoding`` has shape (1, h*w, C) and is resized from it.
         projection (str): 'qkvg' or 'qg_kv'.
         qkv_bias (bool): bias of the q/k/v/g projections.
         sr_ratio (int): key/value spatial reduction ('qg_kv' only).
@@ -41,7 +41,7 @@ class PolaLinearAttention(nn.Module):
     def __init__(self,
                  embed_dims: int,
                  num_heads: int,
-                 num_pos_tokens: int,
+                 pos_grid: Tuple[int, int],
                  projection: str = 'qkvg',
                  qkv_bias: bool = True,
                  sr_ratio: int = 1,
@@ -56,13 +56,13 @@ class PolaLinearAttention(nn.Module):
                              'of an even number of channels')
         if sr_ratio > 1 and projection != 'qg_kv':
             raise ValueError("sr_ratio > 1 needs projection='qg_kv'")
-        square_grid_side(num_pos_tokens, 'positional_encoding')
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
         self.projection = projection
         self.sr_ratio = sr_ratio
         self.alpha = alpha
+        self.pos_grid = tuple(pos_grid)
 
         if projection == 'qkvg':
             self.qkvg = nn.Linear(embed_dims, 4 * embed_dims, bias=qkv_bias)
@@ -78,18 +78,19 @@ class PolaLinearAttention(nn.Module):
                              padding=kernel_size // 2, groups=self.head_dims)
         self.power = nn.Parameter(torch.zeros(1, num_heads, 1, self.head_dims))
         self.scale = nn.Parameter(torch.zeros(1, 1, embed_dims))
-        self.positional_encoding = nn.Parameter(torch.zeros(1, num_pos_tokens, embed_dims))
+        self.positional_encoding = nn.Parameter(
+            torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dims))
         self._pos_cache: Dict[tuple, Tensor] = {}
 
     def _positional_encoding(self, hw_shape: Tuple[int, int]) -> Tensor:
         """(1, H*W, C) positional encoding for a key grid; cached per size in eval."""
         table = self.positional_encoding
         if self.training or torch.is_grad_enabled():
-            return resize_token_grid(table, hw_shape, 'bicubic')
+            return resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
         key = (hw_shape, table._version, table.device, table.dtype)
         if key not in self._pos_cache:
             self._pos_cache.clear()
-            self._pos_cache[key] = resize_token_grid(table, hw_shape, 'bicubic')
+            self._pos_cache[key] = resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
         return self._pos_cache[key]
 
     def _project(self, x: Tensor, hw_shape: Tuple[int, int]):

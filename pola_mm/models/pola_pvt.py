@@ -91,9 +91,11 @@ class PolaPVT(PolaBackbone):
         block_rates = torch.linspace(0, drop_path_rate, sum(arch['depths'])).tolist()
         self.pos_drop = nn.Dropout(drop_rate)
         in_dims, grid = in_channels, pretrain_img_size
+        self.pos_grids = []  # pretraining grid side of each stage's pos_embed
         for s in range(self.num_stages):
             dims, depth = arch['embed_dims'][s], arch['depths'][s]
             grid //= self.patch_sizes[s]
+            self.pos_grids.append(grid)
             sr_ratio = arch['sr_ratios'][s]
             self.add_module(f'patch_embed{s + 1}', PatchEmbed(in_dims, dims, self.patch_sizes[s]))
             self.register_parameter(f'pos_embed{s + 1}',
@@ -102,7 +104,7 @@ class PolaPVT(PolaBackbone):
             blocks = [
                 PreNormBlock(
                     dims,
-                    PolaLinearAttention(dims, arch['num_heads'][s], (grid // sr_ratio)**2,
+                    PolaLinearAttention(dims, arch['num_heads'][s], (grid // sr_ratio, ) * 2,
                                         'qg_kv', qkv_bias=qkv_bias, sr_ratio=sr_ratio,
                                         proj_drop=drop_rate), arch['mlp_ratios'][s],
                     norm_eps=BLOCK_NORM_EPS, drop_rate=drop_rate,
@@ -135,7 +137,8 @@ class PolaPVT(PolaBackbone):
         for s in range(self.num_stages):
             patch_embed, pos_embed, blocks = self._stage(s)
             x, hw_shape = patch_embed(x)
-            x = self.pos_drop(x + resize_token_grid(pos_embed, hw_shape, 'bilinear'))
+            pos_grid = (self.pos_grids[s], ) * 2
+            x = self.pos_drop(x + resize_token_grid(pos_embed, pos_grid, hw_shape, 'bilinear'))
             for block in blocks:
                 x = block(x, hw_shape)
             if s == self.num_stages - 1 and self.final_norm:

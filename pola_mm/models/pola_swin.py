@@ -142,7 +142,7 @@ class PolaSwinTransformer(PolaBackbone):
             blocks = []
             for j in range(depth):
                 if arch['attn_types'][i] == 'L':
-                    attn = PolaLinearAttention(channels, heads, grid * grid, 'qkvg',
+                    attn = PolaLinearAttention(channels, heads, (grid, grid), 'qkvg',
                                                qkv_bias=qkv_bias, proj_drop=drop_rate)
                 else:
                     attn = ShiftWindowAttention(channels, heads, window_size, shift=j % 2 == 1,

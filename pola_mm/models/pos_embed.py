@@ -14,24 +14,24 @@ def square_grid_side(num_tokens: int, name: str = 'positional table') -> int:
     return side
 
 
-def resize_token_grid(tokens: Tensor, hw_shape: Tuple[int, int], mode: str) -> Tensor:
-    """Resize a (1, S*S, C) table of row-major tokens to an (H, W) grid.
+def resize_token_grid(tokens: Tensor, src_shape: Tuple[int, int], hw_shape: Tuple[int, int],
+                      mode: str) -> Tensor:
+    """Resize a (1, h*w, C) table of row-major tokens from its (h, w) grid to (H, W).
 
     Interpolates in float32 with ``align_corners=False`` and returns the input dtype.
     A table that already has the target size is returned unchanged (bit-exact).
 
     Args:
-        tokens (Tensor): (1, S*S, C) table.
+        tokens (Tensor): (1, h*w, C) table.
+        src_shape (tuple[int, int]): the table's grid (h, w).
         hw_shape (tuple[int, int]): target grid (H, W).
         mode (str): 'bicubic' or 'bilinear'.
 
     Returns:
         Tensor: (1, H*W, C).
     """
-    side = square_grid_side(tokens.shape[1])
-    height, width = hw_shape
-    if (side, side) == (height, width):
+    if tuple(src_shape) == tuple(hw_shape):
         return tokens
-    grid = tokens.float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(height, width), mode=mode, align_corners=False)
+    grid = tokens.float().reshape(1, *src_shape, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(hw_shape), mode=mode, align_corners=False)
     return grid.flatten(2).transpose(1, 2).to(tokens.dtype)
