@@ -55,7 +55,7 @@ def load_checkpoint_file(path: str) -> Dict:
     return checkpoint
 
 
-def _weights_location(checkpoint: Mapping) -> Optional[str]:
+def weights_location(checkpoint: Mapping) -> Optional[str]:
     """Key holding the model weights ('model', then 'state_dict'), None for a bare dict."""
     return next((k for k in WEIGHT_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
 
@@ -66,7 +66,7 @@ def select_model_weights(checkpoint: Mapping, path: str = '<checkpoint>') -> Dic
     ``module.`` and ``backbone.`` prefixes are removed. EMA weights
     (``'state_dict_ema'``) are never picked silently.
     """
-    location = _weights_location(checkpoint)
+    location = weights_location(checkpoint)
     if location is None and 'state_dict_ema' in checkpoint:
         raise RuntimeError(f"checkpoint {path} only holds EMA weights ('state_dict_ema'); "
                            "save them under 'state_dict' if they are what you want")
@@ -83,7 +83,7 @@ def load_official_state_dict(path: str) -> Tuple[Dict[str, Tensor], Dict]:
     """All weights of a released file (classifier included) and where they came from."""
     checkpoint = load_checkpoint_file(path)
     state_dict = select_model_weights(checkpoint, path)
-    location = _weights_location(checkpoint)
+    location = weights_location(checkpoint)
     info = dict(path=path, source=repr(location) if location else 'the top level',
                 other_entries=sorted(k for k in checkpoint if k not in WEIGHT_KEYS)
                 if location else [])

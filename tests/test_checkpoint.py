@@ -1,0 +1,191 @@
+"""Reading released checkpoints: safe unpickling, key mapping, reports and clear errors."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.logging import MMLogger
+
+from official_layout import official_checkpoint, official_layout_state_dict
+from pola_mm.checkpoint import (load_checkpoint_file, load_pretrained_backbone,
+                                select_model_weights)
+from pola_mm.models import PolaPVT, PolaSwinTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# learnable official keys after dropping head.* and the rebuilt buffers
+OFFICIAL_KEY_COUNTS = {
+    'pola_swin_tiny': 187, 'pola_swin_small': 343, 'pola_swin_base': 343,
+    'pola_swin_base_384': 343, 'pola_pvt_tiny': 174, 'pola_pvt_small': 326,
+    'pola_pvt_medium': 554, 'pola_pvt_large': 801,
+}
+BUILD = {
+    'pola_swin_tiny': lambda: PolaSwinTransformer('tiny'),
+    'pola_swin_small': lambda: PolaSwinTransformer('small'),
+    'pola_swin_base': lambda: PolaSwinTransformer('base'),
+    'pola_swin_base_384': lambda: PolaSwinTransformer('base', pretrain_img_size=384,
+                                                      window_size=12),
+    'pola_pvt_tiny': lambda: PolaPVT('tiny'),
+    'pola_pvt_small': lambda: PolaPVT('small'),
+    'pola_pvt_medium': lambda: PolaPVT('medium'),
+    'pola_pvt_large': lambda: PolaPVT('large'),
+}
+
+# A stand-in for the authors' yacs CfgNode, pickled under yacs' real module path.
+YACS_STAND_IN = '''
+import sys, types
+config = types.ModuleType('yacs.config')
+class CfgNode(dict):
+    IMMUTABLE = '__immutable__'
+    def __init__(self, init_dict=None):
+        super().__init__(init_dict or {})
+        self.__dict__[CfgNode.IMMUTABLE] = False
+CfgNode.__module__ = 'yacs.config'
+config.CfgNode = CfgNode
+sys.modules['yacs'] = types.ModuleType('yacs')
+sys.modules['yacs.config'] = config
+'''
+
+
+def save_released_file(path, arch, with_yacs=True):
+    """Save official-layout weights as the released training checkpoints are stored."""
+    checkpoint = official_checkpoint(official_layout_state_dict(arch))
+    checkpoint['optimizer'] = {'state': {0: {'exp_avg': torch.zeros(3)}},
+                               'param_groups': [{'lr': 5e-4, 'params': [0]}]}
+    script = 'import torch\n' + (YACS_STAND_IN if with_yacs else '') + textwrap.dedent(f'''
+        checkpoint = torch.load({str(path)!r} + '.tmp', weights_only=True)
+        if {with_yacs!r}:
+            checkpoint['config'] = CfgNode({{'MODEL': CfgNode({{'TYPE': 'pola_swin'}})}})
+        torch.save(checkpoint, {str(path)!r})
+    ''')
+    torch.save(checkpoint, f'{path}.tmp')
+    subprocess.run([sys.executable, '-c', script], check=True)
+    os.remove(f'{path}.tmp')
+
+
+@pytest.mark.parametrize('arch', sorted(OFFICIAL_KEY_COUNTS))
+def test_released_layout_loads_every_key(arch, tmp_path):
+    path = tmp_path / f'{arch}.pth'
+    torch.save(official_checkpoint(official_layout_state_dict(arch)), path)
+    report = load_pretrained_backbone(BUILD[arch](), str(path))
+    assert len(report['loaded']) == OFFICIAL_KEY_COUNTS[arch]
+    assert report['resized'] == []
+    assert sorted(report['dropped']) == ['head.bias', 'head.weight']
+    if 'swin' in arch:  # the official final norm initialises the last output norm
+        assert report['converted'] == ['norm.weight -> norm3.weight', 'norm.bias -> norm3.bias']
+        assert report['new'] == [f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')]
+    else:
+        assert report['converted'] == [] and report['new'] == []
+
+
+def test_yacs_config_loads_without_yacs(tmp_path):
+    """The released files pickle a yacs CfgNode; they load where yacs is not importable,
+    through weights-only unpickling, and the conversion tool keeps only the weights."""
+    path = tmp_path / 'released.pth'
+    save_released_file(path, 'pola_pvt_tiny')
+    dst = tmp_path / 'converted.safetensors'
+    script = textwrap.dedent(f'''
+        import sys
+        sys.modules['yacs'] = None  # any import of yacs fails
+        from pola_mm.checkpoint import load_checkpoint_file
+        from pola_mm.models import PolaPVT
+        from pola_mm.checkpoint import load_pretrained_backbone
+        checkpoint = load_checkpoint_file({str(path)!r})
+        assert type(checkpoint['config']).__name__ == 'OrderedDict', type(checkpoint['config'])
+        assert checkpoint['config']['MODEL']['TYPE'] == 'pola_swin'
+        report = load_pretrained_backbone(PolaPVT('tiny'), {str(path)!r})
+        assert len(report['loaded']) == 174
+        sys.argv = ['convert', {str(path)!r}, {str(dst)!r}]
+        sys.path.insert(0, {str(ROOT / 'tools')!r})
+        import convert_checkpoint
+        sys.exit(convert_checkpoint.main())
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'kept 176 weight tensors' in result.stdout
+    assert 'dropped entries: config, epoch, max_accuracy, optimizer' in result.stdout
+    from safetensors.torch import load_file
+    converted = load_file(dst)
+    assert set(converted) == set(official_layout_state_dict('pola_pvt_tiny'))
+
+
+def test_code_in_a_pickle_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f'touch {marker}', ))
+
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': {'w': torch.zeros(1)}, 'payload': Exploit()}, path)
+    with pytest.raises(RuntimeError, match='refusing to load .*evil.pth.*not a plain weights'):
+        load_checkpoint_file(str(path))
+    assert not marker.exists()
+
+
+def test_truncated_and_missing_files_are_named(tmp_path):
+    path = tmp_path / 'cut.pth'
+    torch.save(official_checkpoint({'w': torch.randn(100, 100)}), path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(RuntimeError, match='cannot read checkpoint .*cut.pth'):
+        load_checkpoint_file(str(path))
+    with pytest.raises(FileNotFoundError, match='nowhere.pth'):
+        load_checkpoint_file(str(tmp_path / 'nowhere.pth'))
+
+
+def test_weights_are_picked_in_the_documented_order():
+    weights = {'module.backbone.a': torch.zeros(1)}
+    assert list(select_model_weights({'model': weights, 'state_dict': {}})) == ['a']
+    assert list(select_model_weights({'state_dict': weights})) == ['a']
+    assert list(select_model_weights(weights)) == ['a']
+    with pytest.raises(RuntimeError, match="only holds EMA weights"):
+        select_model_weights({'state_dict_ema': weights, 'epoch': 1})
+
+
+def test_checkpoint_of_another_arch_names_the_keys(tmp_path):
+    path = tmp_path / 'swin_small.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_swin_small')), path)
+    with pytest.raises(RuntimeError, match=r'swin_small.pth: checkpoint does not fit '
+                       r'PolaSwinTransformer: unexpected keys 156 \(layers.2.blocks.10'):
+        load_pretrained_backbone(PolaSwinTransformer('tiny'), str(path))
+    path = tmp_path / 'pvt.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
+    with pytest.raises(RuntimeError, match='missing keys'):
+        load_pretrained_backbone(PolaSwinTransformer('tiny'), str(path))
+
+
+def test_wrong_shapes_are_named(tmp_path):
+    weights = official_layout_state_dict('pola_pvt_tiny')
+    weights['block1.0.mlp.fc1.weight'] = torch.zeros(256, 64)
+    path = tmp_path / 'bad.pth'
+    torch.save(official_checkpoint(weights), path)
+    with pytest.raises(RuntimeError, match=r'block1.0.mlp.fc1.weight: checkpoint \(256, 64\) '
+                       r'vs model \(512, 64\)'):
+        load_pretrained_backbone(PolaPVT('tiny'), str(path))
+
+
+def test_positional_tables_are_resized_for_another_pretraining_size(tmp_path):
+    """224 weights into a model pretrained at 384 (window 12): the Pola positional
+    encodings and relative position tables are resized bicubically and reported."""
+    path = tmp_path / 'base.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_swin_base')), path)
+    model = PolaSwinTransformer('base', pretrain_img_size=384, window_size=12)
+    report = load_pretrained_backbone(model, str(path))
+    assert len(report['resized']) == 4 + 20  # positional encodings + bias tables
+    assert ('layers.0.blocks.0.attn.positional_encoding (1, 3136, 128) -> (1, 9216, 128)'
+            in report['resized'])
+    assert model.layers[2].blocks[0].attn.relative_position_bias_table.shape == (529, 16)
+
+
+def test_init_cfg_logs_the_report(tmp_path, capsys):
+    path = tmp_path / 'pvt.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
+    MMLogger.get_instance('pola_mm_test_init_cfg')
+    backbone = PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    backbone.init_weights()
+    logged = capsys.readouterr()
+    text = logged.out + logged.err
+    assert 'Loaded' in text and '174 loaded' in text and '2 dropped' in text
