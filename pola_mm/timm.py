@@ -23,7 +23,7 @@ from mmengine.logging import print_log
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import load_official_state_dict
+from .checkpoint import load_into, load_official_state_dict
 from .models.classifiers import official_classifier_state_dict
 from .models.pola_pvt import PolaPVT
 from .models.pola_swin import PolaSwinTransformer
@@ -110,7 +110,7 @@ def _load_released_file(model: PolaFormerClassifier) -> None:
     state_dict = official_classifier_state_dict(
         official, model.backbone, head_prefix='head.' if keep_head else None,
         checkpoint_name=path)
-    model.load_state_dict(state_dict, strict=keep_head)
+    load_into(model, state_dict, expected_new=() if keep_head else ('head.', ))
     print_log(f'Loaded {path} into {model.pretrained_cfg.get("architecture")}'
               + ('' if keep_head else f' (new {model.num_classes}-class head)'),
               logger='current')

@@ -131,7 +131,7 @@ def run_tool(*args: str) -> str:
 def shapes_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('shapes')
     make_shapes_imagefolder(str(root / 'data'), num_classes=3,
-                            images_per_class=dict(train=4, val=2), seed=0)
+                            images_per_class=dict(train=2, val=2), seed=0)
     released = root / 'pola_pvt_tiny.pth'
     torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny', seed=1)), released)
     return root
@@ -159,7 +159,7 @@ def test_finetune_config_trains_two_iterations(shapes_data):
         "model = dict(backbone=dict(init_cfg=dict(checkpoint="
         f"'{released}')), head=dict(num_classes=3))\n"
         "data_preprocessor = dict(num_classes=3)\n"
-        "train_dataloader = dict(batch_size=12, num_workers=0, dataset=dict(data_root=data_root))\n"
+        "train_dataloader = dict(batch_size=6, num_workers=0, dataset=dict(data_root=data_root))\n"
         "val_dataloader = dict(batch_size=6, num_workers=0, dataset=dict(data_root=data_root))\n"
         "test_dataloader = val_dataloader\n"
         "train_cfg = dict(max_epochs=2)\n"

@@ -22,7 +22,7 @@ import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ..checkpoint import convert_official_state_dict, select_model_weights
+from ..checkpoint import convert_official_state_dict, load_into, select_model_weights
 from ..registry import register_hook
 
 # Signatures of the released architectures, read from their official key layout:
@@ -114,21 +114,6 @@ def official_classifier_state_dict(official: Mapping[str, torch.Tensor],
     return state_dict
 
 
-def _check_fits(state_dict: Mapping[str, torch.Tensor], model: nn.Module, name: str) -> None:
-    """Raise unless ``state_dict`` fills every weight of ``model`` with the right shape."""
-    expected = model.state_dict()
-    problems = [f'{key}: missing' for key in expected if key not in state_dict]
-    problems += [f'{key}: unexpected' for key in state_dict if key not in expected]
-    problems += [
-        f'{key}: {tuple(value.shape)} in the file, {tuple(expected[key].shape)} in the model'
-        for key, value in state_dict.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    if problems:
-        raise RuntimeError(f'{name} does not fit the classifier: ' + '; '.join(problems[:8])
-                           + (f' (and {len(problems) - 8} more)' if len(problems) > 8 else ''))
-
-
 @register_hook
 class OfficialClassifierCheckpointHook(Hook):
     """Let ``load_from`` take a released PolaFormer ImageNet file as it is.
@@ -137,7 +122,8 @@ class OfficialClassifierCheckpointHook(Hook):
     loading it into the model. A released file (official keys under ``'model'``, or a
     bare official state dict) is replaced here by ``{'state_dict': ...}`` in the
     classifier's layout (``backbone.*``, ``head.fc.*``), after checking that it is of the
-    model's architecture. An OpenMMLab checkpoint (with ``'state_dict'``) passes through.
+    model's architecture and loading it strictly (MMEngine's own load that follows is
+    not strict). An OpenMMLab checkpoint (with ``'state_dict'``) passes through.
     """
 
     priority = 'VERY_HIGH'
@@ -150,6 +136,9 @@ class OfficialClassifierCheckpointHook(Hook):
         name = str(runner.cfg.get('load_from'))
         converted = official_classifier_state_dict(official, model.backbone,
                                                    checkpoint_name=name)
-        _check_fits(converted, model, name)
+        try:  # strict: every weight of the classifier, with its shape
+            load_into(model, converted)
+        except RuntimeError as error:
+            raise RuntimeError(f'{name}: {error}') from None
         checkpoint.clear()
         checkpoint['state_dict'] = converted
