@@ -122,6 +122,11 @@ class PolaSwinTransformer(PolaBackbone):
         arch = parse_arch(self.arch_zoo, arch, per_stage=('depths', 'num_heads'),
                           scalars=('embed_dims', ), optional=dict(attn_types='LLSS'),
                           num_stages=self.num_stages)
+        attn_types = arch['attn_types']
+        if (not isinstance(attn_types, str) or len(attn_types) != self.num_stages
+                or set(attn_types) - set('LS')):
+            raise ValueError(f"malformed arch dict: attn_types must be {self.num_stages} "
+                             f"letters of 'L'/'S', got {attn_types!r}")
         self.arch = arch
         embed_dims = arch['embed_dims']
         self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]

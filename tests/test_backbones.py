@@ -1,0 +1,202 @@
+"""Backbone behaviour: layouts, any input size, the mmdet-style API and bad input."""
+import pytest
+import torch
+
+from official_layout import official_shapes
+from pola_mm.models import PolaPVT, PolaSwinTransformer
+
+TINY_SWIN = dict(embed_dims=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 4])
+TINY_PVT = dict(embed_dims=[16, 32, 32, 64], depths=[1, 2, 1, 1], num_heads=[1, 1, 1, 2],
+                mlp_ratios=[2, 2, 2, 2])
+SMALL_BACKBONES = {
+    'swin': lambda **kw: PolaSwinTransformer(TINY_SWIN, pretrain_img_size=64, **kw),
+    'pvt': lambda **kw: PolaPVT(TINY_PVT, pretrain_img_size=64, **kw),
+}
+
+
+@pytest.mark.parametrize('arch,build', [
+    ('pola_swin_tiny', lambda: PolaSwinTransformer('tiny')),
+    ('pola_swin_small', lambda: PolaSwinTransformer('small')),
+    ('pola_swin_base', lambda: PolaSwinTransformer('base')),
+    ('pola_swin_base_384', lambda: PolaSwinTransformer('base', pretrain_img_size=384,
+                                                       window_size=12)),
+    ('pola_pvt_tiny', lambda: PolaPVT('tiny')),
+    ('pola_pvt_small', lambda: PolaPVT('small')),
+    ('pola_pvt_medium', lambda: PolaPVT('medium')),
+    ('pola_pvt_large', lambda: PolaPVT('large')),
+])
+def test_parameters_match_official_layout(arch, build):
+    """Same keys and shapes as the official checkpoint (minus classifier and buffers);
+    Pola-Swin's official `norm` is our `norm3` and norm0-2 are its extra output norms."""
+    official = {k: v for k, v in official_shapes(arch).items()
+                if not k.startswith('head.') and not k.endswith(('_index', 'attn_mask'))}
+    ours = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    if 'swin' in arch:
+        official = {k.replace('norm.', 'norm3.', 1) if k.startswith('norm.') else k: v
+                    for k, v in official.items()}
+        extra = {k for k in ours if k.startswith(('norm0.', 'norm1.', 'norm2.'))}
+        assert len(extra) == 6
+        ours = {k: v for k, v in ours.items() if k not in extra}
+    assert ours == official
+    params = sum(torch.Size(s).numel() for s in official.values())
+    assert params == sum(torch.Size(s).numel() for s in ours.values())
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+@pytest.mark.parametrize('size', [(64, 64), (97, 131), (33, 33), (130, 45), (32, 200)])
+def test_any_input_size(family, size):
+    backbone = SMALL_BACKBONES[family]().eval()
+    with torch.no_grad():
+        outs = backbone(torch.randn(2, 3, *size))
+    assert len(outs) == 4
+    for i, out in enumerate(outs):
+        stride = 4 * 2**i
+        assert out.shape == (2, backbone.num_features[i], -(-size[0] // stride),
+                             -(-size[1] // stride))
+        assert torch.isfinite(out).all()
+
+
+def test_window_attention_on_padded_maps():
+    """Windows are independent: on a 9x10 map (padded to 14x14, padded keys masked) the
+    first 7x7 window gives exactly what that 7x7 crop gives alone."""
+    from pola_mm.models import ShiftWindowAttention
+    torch.manual_seed(0)
+    attn = ShiftWindowAttention(16, 2, window_size=7).eval()
+    grid = torch.randn(1, 9, 10, 16)
+    with torch.no_grad():
+        full = attn(grid.reshape(1, 90, 16), (9, 10)).reshape(1, 9, 10, 16)
+        crop = attn(grid[:, :7, :7].reshape(1, 49, 16), (7, 7)).reshape(1, 7, 7, 16)
+    torch.testing.assert_close(full[:, :7, :7], crop)
+    attn.shift = True
+    with torch.no_grad():
+        shifted = attn(grid.reshape(1, 90, 16), (9, 10))
+    assert torch.isfinite(shifted).all() and not torch.allclose(shifted, full.reshape(1, 90, 16))
+
+
+def test_swin_window_stages_shift_only_when_the_map_exceeds_the_window():
+    backbone = PolaSwinTransformer('tiny')
+    attn = backbone.layers[2].blocks[1].attn
+    assert attn.shift and attn.window_size == 7
+    # at 224 stage 4 is 7x7 = one window: the official model never shifts there
+    x = torch.randn(1, 49, 768)
+    stage4 = backbone.layers[3].blocks[1].attn
+    shifted_off = stage4(x, (7, 7))
+    stage4.shift = False
+    torch.testing.assert_close(shifted_off, stage4(x, (7, 7)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_out_indices(family):
+    backbone = SMALL_BACKBONES[family](out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        outs = backbone(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [backbone.num_features[1], backbone.num_features[3]]
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_frozen_stages(family):
+    backbone = SMALL_BACKBONES[family](frozen_stages=2)
+    backbone.train()
+    if family == 'swin':
+        frozen = [backbone.patch_embed, backbone.layers[0], backbone.layers[1], backbone.norm0,
+                  backbone.norm1]
+        trainable = [backbone.layers[2], backbone.layers[3], backbone.norm2]
+    else:
+        frozen = [backbone.patch_embed1, backbone.block1, backbone.patch_embed2, backbone.block2]
+        trainable = [backbone.patch_embed3, backbone.block3, backbone.block4]
+        assert not backbone.pos_embed1.requires_grad and backbone.pos_embed3.requires_grad
+    for module in frozen:
+        assert not module.training
+        assert all(not p.requires_grad for p in module.parameters())
+    for module in trainable:
+        assert module.training
+        assert all(p.requires_grad for p in module.parameters())
+    outs = backbone(torch.randn(1, 3, 64, 64))
+    sum(o.sum() for o in outs).backward()
+    for module in frozen:
+        assert all(p.grad is None for p in module.parameters())
+
+
+def test_pvt_unused_norm_is_frozen_unless_asked_for():
+    assert not any(p.requires_grad for p in PolaPVT(TINY_PVT).norm.parameters())
+    backbone = PolaPVT(TINY_PVT, pretrain_img_size=64, final_norm=True)
+    assert all(p.requires_grad for p in backbone.norm.parameters())
+    outs = backbone(torch.randn(1, 3, 64, 64))
+    outs[-1].sum().backward()
+    assert backbone.norm.weight.grad is not None
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_with_cp_gives_the_same_gradients(family):
+    grads = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        backbone = SMALL_BACKBONES[family](with_cp=with_cp, drop_path_rate=0.)
+        image = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(1))
+        sum(o.square().mean() for o in backbone(image)).backward()
+        grads.append({n: p.grad.clone() for n, p in backbone.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_bf16_autocast_is_finite_on_realistic_inputs(family):
+    torch.manual_seed(0)
+    backbone = SMALL_BACKBONES[family]()
+    backbone.init_weights()
+    with torch.no_grad():  # make the polarity maps sharp: large q/k, power near 5
+        for name, param in backbone.named_parameters():
+            if name.endswith('attn.power'):
+                param.fill_(4.)
+            elif name.endswith('attn.scale'):
+                param.fill_(-3.)
+    image = torch.randn(2, 3, 96, 128) * 2.5  # ImageNet-normalised pixel range
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = backbone(image)
+    assert all(torch.isfinite(o.float()).all() for o in outs)
+    reference = backbone(image)
+    for out, ref in zip(outs, reference):  # bf16 keeps ~3 digits through every layer
+        assert ((out.float() - ref).norm() / ref.norm()) < 0.3
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_bad_input_is_named(family):
+    backbone = SMALL_BACKBONES[family]()
+    with pytest.raises(ValueError, match=r'expected a \(B, 3, H, W\) input, got shape'):
+        backbone(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match=r'image size \(1, 1\) is smaller than'):
+        backbone(torch.randn(1, 3, 1, 1))
+    with pytest.raises(ValueError, match=r'expected a \(B, C, H, W\) image batch'):
+        backbone(torch.randn(3, 64, 64))
+
+
+@pytest.mark.parametrize('cls,arch,message', [
+    (PolaSwinTransformer, 'huge', "unknown arch 'huge'; choose one of"),
+    (PolaPVT, 'tiny_v2', "unknown arch 'tiny_v2'"),
+    (PolaSwinTransformer, dict(embed_dims=96, depths=[2, 2, 6]), 'missing keys'),
+    (PolaSwinTransformer, dict(embed_dims=96, depths=[2, 2, 6], num_heads=[3, 6, 12, 24]),
+     "'depths' must be 4 positive ints"),
+    (PolaPVT, dict(TINY_PVT, window=7), "unknown keys \\['window'\\]"),
+    (PolaSwinTransformer, ['tiny'], 'arch must be a str or a dict'),
+])
+def test_bad_arch_is_named(cls, arch, message):
+    with pytest.raises(ValueError, match=message):
+        cls(arch)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(out_indices=(0, 4)), 'out_indices must be ints in'),
+    (dict(frozen_stages=5), 'frozen_stages must be an int in'),
+    (dict(pretrain_img_size=100), 'must be a multiple of 32'),
+])
+def test_bad_options_are_named(kwargs, message):
+    for cls, arch in ((PolaSwinTransformer, TINY_SWIN), (PolaPVT, TINY_PVT)):
+        with pytest.raises(ValueError, match=message):
+            cls(arch, **kwargs)
+
+
+def test_swin_attn_types_must_be_l_or_s():
+    with pytest.raises(ValueError, match="attn_types must be 4 letters of 'L'/'S'"):
+        PolaSwinTransformer(dict(TINY_SWIN, attn_types='LLSX'))
