@@ -176,3 +176,15 @@ def test_finetune_config_trains_two_iterations(shapes_data):
     assert torch.allclose(model.backbone.patch_embed1.proj.weight.detach(),
                           official['patch_embed1.proj.weight'], atol=1e-4)
     assert osp.exists(osp.join(cfg.work_dir, 'epoch_2.pth'))
+
+
+def test_hook_leaves_openmmlab_checkpoints_to_mmengine():
+    model = build_classifier('pola_pvt_tiny')
+    checkpoint = {'state_dict': dict(model.state_dict()), 'meta': {}}
+    runner = SimpleNamespace(model=model, cfg=Config(dict(load_from='epoch_1.pth')))
+    OfficialClassifierCheckpointHook().after_load_checkpoint(runner, checkpoint)
+    assert checkpoint['state_dict'].keys() == model.state_dict().keys()
+    # Official weights saved under 'state_dict' are still converted.
+    official = official_layout_state_dict('pola_pvt_tiny')
+    load_released(model, {'state_dict': official}, 'official_under_state_dict.pth')
+    assert torch.equal(model.head.fc.weight, official['head.weight'])

@@ -114,22 +114,30 @@ def official_classifier_state_dict(official: Mapping[str, torch.Tensor],
     return state_dict
 
 
+def _is_openmmlab_classifier(checkpoint: Mapping) -> bool:
+    """Whether ``checkpoint`` is MMEngine's format for a classifier (``backbone.*`` keys)."""
+    weights = checkpoint.get('state_dict')
+    return isinstance(weights, Mapping) and any(
+        key.startswith(('backbone.', 'module.backbone.')) for key in weights)
+
+
 @register_hook
 class OfficialClassifierCheckpointHook(Hook):
     """Let ``load_from`` take a released PolaFormer ImageNet file as it is.
 
     MMEngine reads ``load_from`` into a dict and calls ``after_load_checkpoint`` before
     loading it into the model. A released file (official keys under ``'model'``, or a
-    bare official state dict) is replaced here by ``{'state_dict': ...}`` in the
+    bare official state dict, or under ``'state_dict'``) is replaced here by ``{'state_dict': ...}`` in the
     classifier's layout (``backbone.*``, ``head.fc.*``), after checking that it is of the
     model's architecture and loading it strictly (MMEngine's own load that follows is
-    not strict). An OpenMMLab checkpoint (with ``'state_dict'``) passes through.
+    not strict). An OpenMMLab classifier checkpoint (``'state_dict'`` with ``backbone.*``
+    keys, e.g. from fine-tuning or resuming) passes through.
     """
 
     priority = 'VERY_HIGH'
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if 'state_dict' in checkpoint:
+        if _is_openmmlab_classifier(checkpoint):
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         official = select_model_weights(checkpoint)
