@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from mmpretrain.registry import MODELS
+from PIL import Image
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 
 import pola_mm  # noqa: F401  (registers the backbones and the hook)
 from pola_mm.models.classifiers import (OfficialClassifierCheckpointHook,
@@ -26,7 +30,8 @@ from pola_mm.models.classifiers import (OfficialClassifierCheckpointHook,
                                         official_classifier_state_dict)
 from pola_mm.testing.imagefolder import make_shapes_imagefolder
 from official_layout import (GOLDEN_DIR, official_checkpoint, official_input,
-                             official_layout_state_dict, official_shapes)
+                             official_input_size, official_layout_state_dict,
+                             official_shapes)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'classification')
@@ -100,6 +105,34 @@ def test_released_file_without_classifier_is_rejected():
     model = build_classifier('pola_pvt_tiny')
     with pytest.raises(RuntimeError, match='no classifier key head.weight'):
         load_released(model, {'model': official}, 'backbone_only.pth')
+
+
+@pytest.mark.parametrize('arch', ['pola_pvt_tiny', 'pola_swin_base_384'])
+def test_eval_preprocessing_is_the_official_one(arch, tmp_path):
+    """The config's test pipeline + data preprocessor equal the official torchvision
+    evaluation transform: resize the shorter side to int(S / 0.875) (bicubic), centre
+    crop S, or for the 384 model (TEST.CROP False) resize to S x S; ImageNet mean/std."""
+    cfg = Config.fromfile(osp.join(CONFIGS, EVAL_CONFIGS[arch]))
+    init_default_scope('mmpretrain')
+    pipeline = Compose(cfg.test_pipeline)
+    preprocessor = MODELS.build(dict(type='ClsDataPreprocessor', **cfg.data_preprocessor))
+    size = official_input_size(arch)
+    resize = ([transforms.Resize((size, size), interpolation=InterpolationMode.BICUBIC)]
+              if size == 384 else
+              [transforms.Resize(int(size / 0.875), interpolation=InterpolationMode.BICUBIC),
+               transforms.CenterCrop(size)])
+    official = transforms.Compose(resize + [
+        transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    rng = np.random.default_rng(0)
+    for height, width in [(375, 500), (301, 299)]:
+        path = str(tmp_path / f'{height}x{width}.png')
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        packed = pipeline(dict(img_path=path))
+        ours = preprocessor(dict(inputs=[packed['inputs']]))['inputs'][0]
+        expected = official(Image.open(path).convert('RGB'))
+        assert ours.shape == expected.shape == (3, size, size)
+        assert torch.allclose(ours, expected, atol=1e-5)
 
 
 def test_imagefolder_generation_is_deterministic(tmp_path):
