@@ -33,6 +33,11 @@ class PolaPVT(PolaBackbone):
     (``requires_grad=False``, so DDP needs no ``find_unused_parameters``) and applied to
     the last output only with ``final_norm=True``.
 
+    Precision: the attention core (:func:`pola_mm.ops.polarity_linear_attention`)
+    always computes in float32 with autocast disabled, because its ``relu(x) ** p``
+    features (p up to 5) overflow float16; everything else follows autocast. bf16 and
+    fp16 autocast therefore give finite outputs where a naive fp16 core gives inf.
+
     Args:
         arch (str | dict): 'tiny', 'small', 'medium', 'large', or a dict with
             ``embed_dims``, ``depths``, ``num_heads``, ``mlp_ratios`` (4 ints each) and

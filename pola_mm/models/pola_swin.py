@@ -72,6 +72,11 @@ class PolaSwinTransformer(PolaBackbone):
     :mod:`pola_mm.checkpoint`). Each output goes through a LayerNorm ``norm{i}``; the
     official final ``norm`` initialises the last stage's.
 
+    Precision: the attention core (:func:`pola_mm.ops.polarity_linear_attention`)
+    always computes in float32 with autocast disabled, because its ``relu(x) ** p``
+    features (p up to 5) overflow float16; everything else follows autocast. bf16 and
+    fp16 autocast therefore give finite outputs where a naive fp16 core gives inf.
+
     Args:
         arch (str | dict): 'tiny', 'small', 'base', or a dict with ``embed_dims`` (int),
             ``depths`` and ``num_heads`` (4 ints each) and optionally ``attn_types``
