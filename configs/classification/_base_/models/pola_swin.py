@@ -1,7 +1,9 @@
 # Pola-Swin ImageNet classifier: backbone -> global average pooling -> linear head.
 # The backbone's output LayerNorm of stage 4 holds the official final `norm`, so
 # pooling its output reproduces the official classifier (norm, then average).
-custom_imports = dict(imports=['pola_mm'], allow_failed_imports=False)
+# pola_mm.models.classifiers registers the evaluation configs' checkpoint hook.
+custom_imports = dict(
+    imports=['pola_mm', 'pola_mm.models.classifiers'], allow_failed_imports=False)
 
 model = dict(
     type='ImageClassifier',
