@@ -1,0 +1,357 @@
+"""Fused Triton kernels for the polarity-aware linear attention core.
+
+Same algebra as :mod:`pola_mm.ops.pola_torch`: with ``Q = [q+, q-]`` and
+``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from ``P = k+^T v / n``,
+``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W`` normalised by its last
+two columns. Four kernels, each over one (batch x head) and a chunk of tokens, with the
+polarity features computed in registers (never written to memory) and fp32 accumulation:
+
+* ``_key_state_kernel``: per-chunk partial sums of ``[k+, k-]^T [v, 1]`` (2d, d + 1);
+* ``_query_output_kernel``: the output and the reciprocal normalisers (N, 2);
+* ``_query_backward_kernel``: ``dq``, partial ``dW`` and partial ``d power``;
+* ``_key_backward_kernel``: ``dk``, ``dv`` and partial ``d power``.
+
+Partial sums over chunks are added in PyTorch (deterministic, no atomics); the tiny
+(2d, d + 2) re-arrangement between ``[P; M]`` and ``W`` is done by PyTorch as well.
+Inputs may be fp32, bf16 or fp16; fp32 inputs use IEEE fp32 products, half inputs TF32.
+Head dims must be 16, 32, 64 or 128 (``tl.dot`` tiles); any token count is masked.
+"""
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from triton.runtime.interpreter import InterpretedFunction
+
+from .pola_torch import _mix_streams, check_polarity_inputs
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+BLOCK_TOKENS = 32
+
+
+@triton.jit
+def _polarity_features(x, power):
+    """x (T, d) fp32, power (d,) -> |x|^p (T, d), 0 where x == 0."""
+    magnitude = tl.abs(x)
+    nonzero = magnitude > 0
+    return tl.where(nonzero, tl.exp2(power[None, :] * tl.log2(tl.where(nonzero, magnitude, 1.))),
+                    0.)
+
+
+@triton.jit
+def _features_backward(x, magnitude, grad_pos, grad_neg, power):
+    """Gradient of ``[relu(x)^p, relu(-x)^p]`` for x and (summed over rows) for p."""
+    grad_mag = tl.where(x > 0, grad_pos, grad_neg)
+    nonzero = x != 0
+    safe_x = tl.where(nonzero, x, 1.0)
+    grad_x = tl.where(nonzero, grad_mag * power[None, :] * magnitude / safe_x, 0.0)
+    grad_power = tl.where(nonzero, grad_mag * magnitude * tl.log(tl.abs(safe_x)), 0.0)
+    return grad_x, tl.sum(grad_power, axis=0)
+
+
+@triton.jit
+def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, chunk,
+                      D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """state[bh, c] = sum over the chunk's keys of [k+, k-]^T [v, 1]: (2d, d + 1)."""
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    cols = tl.arange(0, D)
+    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    acc_pos = tl.zeros((D, D), dtype=tl.float32)
+    acc_neg = tl.zeros((D, D), dtype=tl.float32)
+    sum_pos = tl.zeros((D, ), dtype=tl.float32)
+    sum_neg = tl.zeros((D, ), dtype=tl.float32)
+    base = bh * num_keys * D
+    for start in range(part * chunk, tl.minimum(part * chunk + chunk, num_keys), BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        mask = (rows < num_keys)[:, None]
+        offsets = base + rows[:, None] * D + cols[None, :]
+        k = tl.load(k_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        v = tl.load(v_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        magnitude = _polarity_features(k, power)
+        k_pos = tl.where(k > 0, magnitude, 0.)
+        k_neg = tl.where(k < 0, magnitude, 0.)
+        acc_pos += tl.dot(tl.trans(k_pos), v, input_precision=PRECISION)
+        acc_neg += tl.dot(tl.trans(k_neg), v, input_precision=PRECISION)
+        sum_pos += tl.sum(k_pos, axis=0)
+        sum_neg += tl.sum(k_neg, axis=0)
+    out = state_ptr + (bh * tl.num_programs(1) + part) * (2 * D * (D + 1))
+    matrix = cols[:, None] * (D + 1) + cols[None, :]
+    tl.store(out + matrix, acc_pos)
+    tl.store(out + D * (D + 1) + matrix, acc_neg)
+    tl.store(out + cols * (D + 1) + D, sum_pos)
+    tl.store(out + D * (D + 1) + cols * (D + 1) + D, sum_neg)
+
+
+@triton.jit
+def _load_mixing(mixing_ptr, bh, D: tl.constexpr):
+    """The four blocks of W (2d, d + 2): numerator (d, d) x 2, normaliser columns (d,) x 4."""
+    cols = tl.arange(0, D)
+    base = mixing_ptr + bh * (2 * D * (D + 2))
+    matrix = cols[:, None] * (D + 2) + cols[None, :]
+    top = tl.load(base + matrix)
+    bottom = tl.load(base + D * (D + 2) + matrix)
+    top_sim = tl.load(base + cols * (D + 2) + D)
+    top_opp = tl.load(base + cols * (D + 2) + D + 1)
+    bottom_sim = tl.load(base + D * (D + 2) + cols * (D + 2) + D)
+    bottom_opp = tl.load(base + D * (D + 2) + cols * (D + 2) + D + 1)
+    return top, bottom, top_sim, top_opp, bottom_sim, bottom_opp
+
+
+@triton.jit
+def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, num_queries,
+                         num_heads, eps, D: tl.constexpr, BLOCK: tl.constexpr,
+                         PRECISION: tl.constexpr):
+    """out = (Q @ W)[:, :d] / normalisers; also stores the reciprocal normalisers."""
+    bh = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, D)
+    row_mask = rows < num_queries
+    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    top, bottom, top_sim, top_opp, bottom_sim, bottom_opp = _load_mixing(mixing_ptr, bh, D)
+    offsets = bh * num_queries * D + rows[:, None] * D + cols[None, :]
+    q = tl.load(q_ptr + offsets, mask=row_mask[:, None], other=0.).to(tl.float32)
+    magnitude = _polarity_features(q, power)
+    q_pos = tl.where(q > 0, magnitude, 0.)
+    q_neg = tl.where(q < 0, magnitude, 0.)
+    numerator = tl.dot(q_pos, top, input_precision=PRECISION)
+    numerator = tl.dot(q_neg, bottom, numerator, input_precision=PRECISION)
+    inv_sim = 1. / (tl.sum(q_pos * top_sim[None, :] + q_neg * bottom_sim[None, :], 1) + eps)
+    inv_opp = 1. / (tl.sum(q_pos * top_opp[None, :] + q_neg * bottom_opp[None, :], 1) + eps)
+    out = numerator * tl.where(cols[None, :] < D // 2, inv_sim[:, None], inv_opp[:, None])
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+    norm_offsets = (bh * num_queries + rows) * 2
+    tl.store(inv_norm_ptr + norm_offsets, inv_sim, mask=row_mask)
+    tl.store(inv_norm_ptr + norm_offsets + 1, inv_opp, mask=row_mask)
+
+
+@triton.jit
+def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr, mixing_ptr,
+                           grad_q_ptr, grad_mixing_ptr, grad_power_ptr, num_queries,
+                           num_heads, chunk, D: tl.constexpr, BLOCK: tl.constexpr,
+                           PRECISION: tl.constexpr):
+    """dq, and per-chunk partial dW (2d, d + 2) and d power (d,)."""
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    cols = tl.arange(0, D)
+    first_half = cols[None, :] < D // 2
+    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    top, bottom, top_sim, top_opp, bottom_sim, bottom_opp = _load_mixing(mixing_ptr, bh, D)
+    grad_top = tl.zeros((D, D), dtype=tl.float32)
+    grad_bottom = tl.zeros((D, D), dtype=tl.float32)
+    grad_top_sim = tl.zeros((D, ), dtype=tl.float32)
+    grad_top_opp = tl.zeros((D, ), dtype=tl.float32)
+    grad_bottom_sim = tl.zeros((D, ), dtype=tl.float32)
+    grad_bottom_opp = tl.zeros((D, ), dtype=tl.float32)
+    grad_power = tl.zeros((D, ), dtype=tl.float32)
+    for start in range(part * chunk, tl.minimum(part * chunk + chunk, num_queries), BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        row_mask = rows < num_queries
+        mask = row_mask[:, None]
+        offsets = bh * num_queries * D + rows[:, None] * D + cols[None, :]
+        q = tl.load(q_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        out = tl.load(out_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        grad_out = tl.load(grad_out_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        norm_offsets = (bh * num_queries + rows) * 2
+        inv_sim = tl.load(inv_norm_ptr + norm_offsets, mask=row_mask, other=0.)
+        inv_opp = tl.load(inv_norm_ptr + norm_offsets + 1, mask=row_mask, other=0.)
+        magnitude = _polarity_features(q, power)
+        q_pos = tl.where(q > 0, magnitude, 0.)
+        q_neg = tl.where(q < 0, magnitude, 0.)
+
+        grad_numerator = grad_out * tl.where(first_half, inv_sim[:, None], inv_opp[:, None])
+        grad_out_dot_out = grad_out * out
+        grad_sim = -inv_sim * tl.sum(tl.where(first_half, grad_out_dot_out, 0.), 1)
+        grad_opp = -inv_opp * tl.sum(tl.where(first_half, 0., grad_out_dot_out), 1)
+
+        grad_top = tl.dot(tl.trans(q_pos), grad_numerator, grad_top, input_precision=PRECISION)
+        grad_bottom = tl.dot(tl.trans(q_neg), grad_numerator, grad_bottom,
+                             input_precision=PRECISION)
+        grad_top_sim += tl.sum(q_pos * grad_sim[:, None], 0)
+        grad_top_opp += tl.sum(q_pos * grad_opp[:, None], 0)
+        grad_bottom_sim += tl.sum(q_neg * grad_sim[:, None], 0)
+        grad_bottom_opp += tl.sum(q_neg * grad_opp[:, None], 0)
+
+        grad_pos = tl.dot(grad_numerator, tl.trans(top), input_precision=PRECISION)
+        grad_pos += grad_sim[:, None] * top_sim[None, :] + grad_opp[:, None] * top_opp[None, :]
+        grad_neg = tl.dot(grad_numerator, tl.trans(bottom), input_precision=PRECISION)
+        grad_neg += (grad_sim[:, None] * bottom_sim[None, :] +
+                     grad_opp[:, None] * bottom_opp[None, :])
+        grad_q, grad_power_rows = _features_backward(q, magnitude, grad_pos, grad_neg, power)
+        grad_power += grad_power_rows
+        tl.store(grad_q_ptr + offsets, grad_q.to(grad_q_ptr.dtype.element_ty), mask=mask)
+
+    index = bh * tl.num_programs(1) + part
+    out = grad_mixing_ptr + index * (2 * D * (D + 2))
+    matrix = cols[:, None] * (D + 2) + cols[None, :]
+    tl.store(out + matrix, grad_top)
+    tl.store(out + D * (D + 2) + matrix, grad_bottom)
+    tl.store(out + cols * (D + 2) + D, grad_top_sim)
+    tl.store(out + cols * (D + 2) + D + 1, grad_top_opp)
+    tl.store(out + D * (D + 2) + cols * (D + 2) + D, grad_bottom_sim)
+    tl.store(out + D * (D + 2) + cols * (D + 2) + D + 1, grad_bottom_opp)
+    tl.store(grad_power_ptr + index * D + cols, grad_power)
+
+
+@triton.jit
+def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, grad_v_ptr,
+                         grad_power_ptr, num_keys, num_heads, chunk, D: tl.constexpr,
+                         BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """dk, dv and per-chunk partial d power from d state (2d, d + 1), already over n."""
+    bh = tl.program_id(0)
+    part = tl.program_id(1)
+    cols = tl.arange(0, D)
+    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    base = grad_state_ptr + bh * (2 * D * (D + 1))
+    matrix = cols[:, None] * (D + 1) + cols[None, :]
+    grad_kv_pos = tl.load(base + matrix)
+    grad_kv_neg = tl.load(base + D * (D + 1) + matrix)
+    grad_sum_pos = tl.load(base + cols * (D + 1) + D)
+    grad_sum_neg = tl.load(base + D * (D + 1) + cols * (D + 1) + D)
+    grad_power = tl.zeros((D, ), dtype=tl.float32)
+    for start in range(part * chunk, tl.minimum(part * chunk + chunk, num_keys), BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        mask = (rows < num_keys)[:, None]
+        offsets = bh * num_keys * D + rows[:, None] * D + cols[None, :]
+        k = tl.load(k_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        v = tl.load(v_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        magnitude = _polarity_features(k, power)
+        k_pos = tl.where(k > 0, magnitude, 0.)
+        k_neg = tl.where(k < 0, magnitude, 0.)
+        grad_v = tl.dot(k_pos, grad_kv_pos, input_precision=PRECISION)
+        grad_v = tl.dot(k_neg, grad_kv_neg, grad_v, input_precision=PRECISION)
+        tl.store(grad_v_ptr + offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=mask)
+        grad_pos = tl.dot(v, tl.trans(grad_kv_pos), input_precision=PRECISION)
+        grad_pos += grad_sum_pos[None, :]
+        grad_neg = tl.dot(v, tl.trans(grad_kv_neg), input_precision=PRECISION)
+        grad_neg += grad_sum_neg[None, :]
+        grad_k, grad_power_rows = _features_backward(k, magnitude, grad_pos, grad_neg, power)
+        grad_power += grad_power_rows
+        tl.store(grad_k_ptr + offsets, grad_k.to(grad_k_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_power_ptr + (bh * tl.num_programs(1) + part) * D + cols, grad_power)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return 'ieee' if dtype == torch.float32 else 'tf32'
+
+
+def _num_chunks(num_tokens: int, chunk: int) -> int:
+    return triton.cdiv(num_tokens, chunk)
+
+
+def _state_to_mixing(state: Tensor, num_keys: int) -> Tensor:
+    """(BH, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (BH, 2d, d + 2)."""
+    state = state / num_keys
+    return _mix_streams(state[..., :-1], state[..., -1:]).contiguous()
+
+
+class TritonPolarityAttentionFunction(torch.autograd.Function):
+    """Autograd Function over the four kernels; see :func:`polarity_linear_attention_triton`."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
+                chunk: int) -> Tensor:
+        batch, heads, num_queries, dims = q.shape
+        num_keys = k.shape[2]
+        q, k, v = (t.reshape(batch * heads, -1, dims).contiguous() for t in (q, k, v))
+        power32 = power.float().expand(1, heads, 1, dims).reshape(heads, dims).contiguous()
+        precision = _precision(q.dtype)
+
+        key_chunks = _num_chunks(num_keys, chunk)
+        state = q.new_empty(batch * heads, key_chunks, 2 * dims, dims + 1, dtype=torch.float32)
+        _key_state_kernel[(batch * heads, key_chunks)](
+            k, v, power32, state, num_keys, heads, chunk, D=dims, BLOCK=BLOCK_TOKENS,
+            PRECISION=precision)
+        mixing = _state_to_mixing(state.sum(1), num_keys)
+
+        out = torch.empty_like(q)
+        inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
+        _query_output_kernel[(batch * heads, triton.cdiv(num_queries, BLOCK_TOKENS))](
+            q, power32, mixing, out, inv_norm, num_queries, heads, eps, D=dims,
+            BLOCK=BLOCK_TOKENS, PRECISION=precision)
+        ctx.save_for_backward(q, k, v, power, power32, mixing, out, inv_norm)
+        ctx.shape = (batch, heads, num_queries, num_keys, dims)
+        ctx.chunk = chunk
+        return out.view(batch, heads, num_queries, dims)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, power, power32, mixing, out, inv_norm = ctx.saved_tensors
+        batch, heads, num_queries, num_keys, dims = ctx.shape
+        chunk = ctx.chunk
+        precision = _precision(q.dtype)
+        grad_out = grad_out.reshape(batch * heads, num_queries, dims).contiguous()
+
+        query_chunks = _num_chunks(num_queries, chunk)
+        grad_q = torch.empty_like(q)
+        grad_mixing = q.new_empty(batch * heads, query_chunks, 2 * dims, dims + 2,
+                                  dtype=torch.float32)
+        grad_power_q = q.new_empty(batch * heads, query_chunks, dims, dtype=torch.float32)
+        _query_backward_kernel[(batch * heads, query_chunks)](
+            q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power_q,
+            num_queries, heads, chunk, D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
+
+        with torch.enable_grad():  # the small (2d, d + 2) re-arrangement, and the 1 / n
+            state = torch.zeros(batch * heads, 2 * dims, dims + 1, device=q.device,
+                                requires_grad=True)
+            grad_state, = torch.autograd.grad(
+                _state_to_mixing(state, num_keys), state, grad_mixing.sum(1))
+        grad_state = grad_state.contiguous()
+
+        key_chunks = _num_chunks(num_keys, chunk)
+        grad_k = torch.empty_like(k)
+        grad_v = torch.empty_like(v)
+        grad_power_k = q.new_empty(batch * heads, key_chunks, dims, dtype=torch.float32)
+        _key_backward_kernel[(batch * heads, key_chunks)](
+            k, v, power32, grad_state, grad_k, grad_v, grad_power_k, num_keys, heads, chunk,
+            D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
+
+        grad_power = (grad_power_q.sum(1) + grad_power_k.sum(1)).view(batch, heads, 1, dims)
+        grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
+        shape = (batch, heads, -1, dims)
+        return (grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), grad_power, None,
+                None)
+
+
+def triton_supports(q: Tensor) -> bool:
+    """Whether the Triton kernels can run on ``q``'s device, dtype and head dims."""
+    return (q.shape[-1] in SUPPORTED_HEAD_DIMS and
+            q.dtype in (torch.float32, torch.bfloat16, torch.float16) and
+            (q.is_cuda or triton_interpreted()))
+
+
+def triton_interpreted() -> bool:
+    """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return isinstance(_key_state_kernel, InterpretedFunction)
+
+
+def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
+                                     eps: float = 1e-6, chunk: int = 1024) -> Tensor:
+    """Fused-kernel polarity-aware linear attention; same contract as
+    :func:`pola_mm.ops.polarity_attention.polarity_linear_attention`.
+
+    Args:
+        q (Tensor): (B, h, N, d) queries; d in 16, 32, 64, 128.
+        k (Tensor): (B, h, n, d) keys.
+        v (Tensor): (B, h, n, d) values.
+        power (Tensor): (1, h, 1, d) exponents (>= 1).
+        eps (float): normaliser epsilon.
+        chunk (int): tokens reduced by one program (a multiple of 32); smaller gives more
+            parallelism over tokens, larger fewer partial sums.
+
+    Returns:
+        Tensor: (B, h, N, d) in q's dtype (q, k, v must share it).
+    """
+    check_polarity_inputs(q, k, v, power)
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f'the Triton kernels need head dims in {SUPPORTED_HEAD_DIMS}, '
+                         f'got {q.shape[-1]}; use the PyTorch path')
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.bfloat16,
+                                                               torch.float16):
+        raise ValueError('q, k, v must share one dtype among float32, bfloat16, float16; got '
+                         f'{q.dtype}, {k.dtype}, {v.dtype}')
+    if chunk <= 0 or chunk % BLOCK_TOKENS:
+        raise ValueError(f'chunk must be a positive multiple of {BLOCK_TOKENS}, got {chunk}')
+    if not (q.is_cuda or triton_interpreted()):
+        raise RuntimeError('the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)')
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return TritonPolarityAttentionFunction.apply(q, k, v, power, eps, chunk)

@@ -1,0 +1,100 @@
+"""The lean PyTorch polarity attention core against the plain reference of the official math."""
+import pytest
+import torch
+
+from pola_mm.ops.pola_torch import polarity_linear_attention_torch
+from reference_pola import plain_polarity_attention
+
+# (batch, heads, queries N, keys n, head dims d)
+SHAPES = [(2, 3, 33, 33, 32), (1, 1, 1, 3, 32), (2, 2, 7, 5, 64), (1, 2, 97, 12, 64),
+          (3, 1, 33, 97, 8)]
+
+
+def make_inputs(batch, heads, num_queries, num_keys, dims, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, num_queries, dims, generator=gen)
+    k = torch.randn(batch, heads, num_keys, dims, generator=gen)
+    v = torch.randn(batch, heads, num_keys, dims, generator=gen)
+    power = 1 + 4 * torch.rand(1, heads, 1, dims, generator=gen)
+    grad = torch.randn(batch, heads, num_queries, dims, generator=gen)
+    return [t.to(dtype) for t in (q, k, v)] + [power], grad
+
+
+def forward_backward(fn, inputs, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad.to(out.dtype))
+    return out, [t.grad for t in leaves]
+
+
+def rel_err(ours, ref):
+    return ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+def test_fp32_forward_and_gradients_match_reference(shape):
+    inputs, grad = make_inputs(*shape, torch.float32, seed=sum(shape))
+    out, grads = forward_backward(polarity_linear_attention_torch, inputs, grad)
+    # the reference in float64 is the ground truth for both fp32 implementations
+    ref, ref_grads = forward_backward(plain_polarity_attention,
+                                      [t.double() for t in inputs], grad.double())
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-5
+    for name, ours, theirs in zip('qkvp', grads, ref_grads):
+        assert ours.shape == theirs.shape, name
+        assert rel_err(ours, theirs) < 1e-5, name
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_inputs_match_reference(dtype):
+    inputs, grad = make_inputs(2, 2, 33, 17, 32, dtype, seed=3)
+    out, grads = forward_backward(polarity_linear_attention_torch, inputs, grad)
+    ref, ref_grads = forward_backward(plain_polarity_attention, inputs, grad)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) < 2e-2
+    for name, ours, theirs in zip('qkvp', grads, ref_grads):
+        assert ours.dtype == theirs.dtype, name
+        assert rel_err(ours, theirs) < 2e-2, name
+
+
+def test_autocast_does_not_lower_precision():
+    inputs, _ = make_inputs(1, 2, 9, 9, 32, torch.float32, seed=5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = polarity_linear_attention_torch(*inputs)
+    assert out.dtype == torch.float32
+    assert rel_err(out, plain_polarity_attention(*inputs)) < 1e-6
+
+
+def test_zero_inputs_give_finite_gradients():
+    """|x|^p and its log at x == 0 must not produce NaN (the reference's autograd gives 0)."""
+    inputs, grad = make_inputs(1, 1, 6, 6, 8, torch.float32, seed=7)
+    inputs[0][..., :3, :2] = 0
+    inputs[1][..., 2:, 1:4] = 0
+    _, grads = forward_backward(polarity_linear_attention_torch, inputs, grad)
+    _, ref_grads = forward_backward(plain_polarity_attention, inputs, grad)
+    for name, ours, theirs in zip('qkvp', grads, ref_grads):
+        assert torch.isfinite(ours).all(), name
+        assert rel_err(ours, theirs) < 1e-5, name
+
+
+def test_gradients_only_where_required():
+    inputs, grad = make_inputs(1, 2, 5, 5, 8, torch.float32, seed=9)
+    q, k, v, power = inputs
+    v = v.clone().requires_grad_()
+    polarity_linear_attention_torch(q, k, v, power).backward(grad)
+    ref_v = v.detach().clone().requires_grad_()
+    plain_polarity_attention(q, k, ref_v, power).backward(grad)
+    assert rel_err(v.grad, ref_v.grad) < 1e-5
+
+
+@pytest.mark.parametrize('q_shape,k_shape,v_shape,power_shape,match', [
+    ((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 5, 8), (1, 2, 1, 8), 'must be'),
+    ((1, 2, 4, 7), (1, 2, 4, 7), (1, 2, 4, 7), (1, 2, 1, 7), 'even'),
+    ((2, 4, 8), (2, 4, 8), (2, 4, 8), (1, 1, 1, 8), '4-D'),
+    ((1, 2, 4, 8), (1, 2, 4, 8), (1, 2, 4, 8), (1, 3, 1, 8), 'power'),
+    ((1, 2, 4, 8), (1, 2, 0, 8), (1, 2, 0, 8), (1, 2, 1, 8), 'at least one key'),
+])
+def test_bad_shapes_are_refused(q_shape, k_shape, v_shape, power_shape, match):
+    with pytest.raises(ValueError, match=match):
+        polarity_linear_attention_torch(torch.randn(q_shape), torch.randn(k_shape),
+                                        torch.randn(v_shape), torch.ones(power_shape))
