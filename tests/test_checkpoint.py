@@ -9,7 +9,8 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from official_layout import official_checkpoint, official_layout_state_dict
+from official_layout import (official_checkpoint, official_layout_state_dict,
+                             official_shapes)
 from pola_mm.checkpoint import (load_checkpoint_file, load_pretrained_backbone,
                                 select_model_weights)
 from pola_mm.models import PolaPVT, PolaSwinTransformer
@@ -79,6 +80,21 @@ def test_released_layout_loads_every_key(arch, tmp_path):
         assert report['new'] == [f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')]
     else:
         assert report['converted'] == [] and report['new'] == []
+
+
+def test_buffers_and_wrapper_prefixes_of_a_training_file_are_dropped(tmp_path):
+    """A Swin file as saved from a DDP-wrapped detector: `module.backbone.` prefixes and
+    the official buffers (relative_position_index, attn_mask), which are rebuilt."""
+    weights = official_layout_state_dict('pola_swin_tiny')
+    buffers = {k: torch.zeros(shape) for k, shape in official_shapes('pola_swin_tiny').items()
+               if k.endswith(('relative_position_index', 'attn_mask'))}
+    assert len(buffers) == 11
+    weights.update(buffers)
+    path = tmp_path / 'wrapped.pth'
+    torch.save({'state_dict': {f'module.backbone.{k}': v for k, v in weights.items()}}, path)
+    report = load_pretrained_backbone(BUILD['pola_swin_tiny'](), str(path))
+    assert len(report['loaded']) == 187
+    assert sorted(report['dropped']) == sorted(['head.bias', 'head.weight', *buffers])
 
 
 def test_yacs_config_loads_without_yacs(tmp_path):
