@@ -1,0 +1,6 @@
+"""Deterministic synthetic datasets (shapes) for tests and the demo; nothing is downloaded."""
+from .imagefolder import SHAPE_CLASSES, make_shapes_imagefolder
+from .shapes import make_shapes_coco, shapes_coco_dataloaders
+
+__all__ = ['SHAPE_CLASSES', 'make_shapes_coco', 'make_shapes_imagefolder',
+           'shapes_coco_dataloaders']
