@@ -1,0 +1,62 @@
+"""tools/analysis: the benchmark runs and prints its table; get_flops counts the attention."""
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from mmengine.analysis import get_model_complexity_info
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
+
+from get_flops import complexity  # noqa: E402
+
+from pola_mm.models import PolaLinearAttention  # noqa: E402
+from reference_pola import plain_polarity_attention  # noqa: E402
+
+
+def test_benchmark_quick_prints_side_by_side_table():
+    # a child process: the benchmark tunes glibc's malloc for its memory meter
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/analysis/benchmark.py'), '--quick', '--threads', '1',
+         '--sizes', 'det', 'half-det', '--device', 'cpu'],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    for group in ('core swin-t', 'stage-1 attention swin-t', 'stage-1 attention pvt-t',
+                  'backbone swin-t', 'backbone pvt-t'):
+        assert group in out
+    for case in ('core plain', 'core lean', 'mmdet ShiftWindowMSA w7', 'mmdet SRA sr8',
+                 'pola (lean core)', 'pola (plain core)', 'mmdet SwinTransformer',
+                 'PolaSwinTransformer', 'mmdet PVT-T', 'PolaPVT'):
+        assert f'| {case} |' in out, case
+    assert 'fwd+bwd det / half-det (4x pixels)' in out
+    assert 'device: cpu, 1 threads, fp32, batch 1' in out
+
+
+def test_flops_include_the_linear_attention_products():
+    """One Pola-PVT attention layer: projections, depthwise conv and the core's matmuls,
+    counted by hand (multiply-adds, as mmengine counts)."""
+    channels, grid = 64, (7, 7)
+    tokens = grid[0] * grid[1]
+    layer = PolaLinearAttention(channels, 1, grid, 'qg_kv').eval()
+    from benchmark import attention_core
+    with torch.no_grad(), attention_core(plain_polarity_attention):
+        info = get_model_complexity_info(
+            layer, inputs=(torch.zeros(1, tokens, channels), grid), show_table=False,
+            show_arch=False)
+    dims = channels
+    projections = tokens * channels * (2 * channels + 2 * channels + channels)
+    dwc = tokens * dims * 5 * 5
+    # per stream: q_t @ mean(K) (N x 2d x 1), K^T v_t (2d x n x d/2), q_t @ kv (N x 2d x d/2)
+    core = 2 * (tokens * 2 * dims + 2 * dims * tokens * dims // 2 +
+                tokens * 2 * dims * dims // 2)
+    assert info['flops'] == projections + dwc + core
+
+
+def test_released_arch_parameters_match_the_official_counts():
+    # backbone parameters without the head, computed from the official checkpoints'
+    # shapes (design note official-models.md, section 2)
+    result = complexity('pola_pvt_tiny', (224, 224))
+    assert round(result['params'] / 1e6, 2) == 12.41
+    assert result['flops'] > 2e9

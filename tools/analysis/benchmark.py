@@ -1,0 +1,316 @@
+"""Speed and peak memory of Pola attention and backbones against mmdet's softmax ones.
+
+Measures, side by side in one run, forward (no grad) and forward + backward time and the
+peak memory of a training step of
+
+* the attention core alone: the plain reference of the official math
+  (``tests/reference_pola.py``), the lean PyTorch path and, on CUDA, the Triton kernels;
+* the stage-1 attention layers: Pola-Swin-T (C 96, 3 heads, global) and Pola-PVT-T
+  (C 64, 1 head, global) with the lean core and with the plain core, mmdet's Swin-T
+  window-7 attention (``ShiftWindowMSA``, plain and shifted) and PVT-T spatial-reduction
+  attention (``SpatialReductionAttention``, sr 8), all on the same stage-1 token grid;
+* whole backbones: Pola-Swin-T, mmdet Swin-T, Pola-PVT-T, mmdet PVT-T;
+
+at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmentation size
+(512 x 512) and half the detection size per side (400 x 672, so that the detection size has
+4x its pixels: the scaling column is time(800 x 1344) / time(400 x 672)).
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak
+resident set (``VmHWM``, reset before each step through ``/proc/self/clear_refs``) minus the
+resident set before the step, with glibc told to serve every allocation >= 1 MiB by mmap
+so that freed tensors leave the resident set at once. Allocations are not sampled, so
+nothing is missed, but small (< 1 MiB) heap churn is counted at its high-water mark.
+
+Usage::
+
+    python tools/analysis/benchmark.py                   # CPU, 2 threads, fp32
+    python tools/analysis/benchmark.py --device cuda --dtype bf16 --batch 2
+    python tools/analysis/benchmark.py --quick           # tiny shapes, smoke test
+"""
+import argparse
+import contextlib
+import ctypes
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
+
+from mmdet.models.backbones.pvt import PyramidVisionTransformer  # noqa: E402
+from mmdet.models.backbones.pvt import SpatialReductionAttention  # noqa: E402
+from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer  # noqa: E402
+
+import pola_mm.models.pola_attention as pola_attention_module  # noqa: E402
+from pola_mm.models import PolaLinearAttention, PolaPVT, PolaSwinTransformer  # noqa: E402
+from pola_mm.ops.pola_torch import polarity_linear_attention_torch  # noqa: E402
+from reference_pola import plain_polarity_attention  # noqa: E402
+
+SIZES = {'det': (800, 1344), 'seg': (512, 512), 'half-det': (400, 672)}
+QUICK_SIZES = {'det': (64, 128), 'seg': (64, 64), 'half-det': (32, 64)}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def core_functions(device: str) -> Dict[str, Callable]:
+    """The attention cores to compare: name -> f(q, k, v, power)."""
+    cores = {'plain': plain_polarity_attention, 'lean': polarity_linear_attention_torch}
+    if device == 'cuda':
+        from pola_mm.ops.pola_triton import polarity_linear_attention_triton
+        cores['triton'] = polarity_linear_attention_triton
+    return cores
+
+
+@contextlib.contextmanager
+def attention_core(core: Callable):
+    """Make every PolaLinearAttention use ``core`` (the benchmark's own switch, so that the
+    plain reference, which lives in the tests, can run inside the real layer)."""
+    original = pola_attention_module.polarity_linear_attention
+    pola_attention_module.polarity_linear_attention = lambda q, k, v, power, **_: core(
+        q, k, v, power)
+    try:
+        yield
+    finally:
+        pola_attention_module.polarity_linear_attention = original
+
+
+class MemoryMeter:
+    """Peak extra memory (bytes) of a callable, on CPU (resident set) or CUDA."""
+
+    def __init__(self, device: str):
+        self.device = device
+        if device == 'cpu':
+            libc = ctypes.CDLL('libc.so.6')
+            libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+    @staticmethod
+    def _status(field: str) -> int:
+        text = Path('/proc/self/status').read_text()
+        return int(re.search(rf'{field}:\s+(\d+)', text).group(1)) * 1024
+
+    def measure(self, fn: Callable[[], None]) -> int:
+        if self.device == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - before
+        Path('/proc/self/clear_refs').write_text('5')  # VmHWM := current RSS
+        before = self._status('VmRSS')
+        fn()
+        return self._status('VmHWM') - before
+
+
+def time_ms(fn: Callable[[], None], device: str, repeat: int) -> float:
+    """Median wall time of ``fn`` in ms after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def outputs_sum(out) -> Tensor:
+    """A scalar that depends on every output (tuple of stages or one tensor)."""
+    if isinstance(out, (tuple, list)):
+        return sum(o.float().sum() for o in out)
+    return out.float().sum()
+
+
+class Case:
+    """One measured thing: builds its module and inputs on demand, then runs it."""
+
+    def __init__(self, name: str, group: str, build: Callable[[], Tuple[nn.Module, Callable]],
+                 core: Optional[Callable] = None):
+        self.name, self.group, self.build, self.core = name, group, build, core
+
+    def run(self, device: str, dtype: torch.dtype, repeat: int, meter: MemoryMeter) -> Dict:
+        module, call = self.build()
+        module = module.to(device)
+        context = attention_core(self.core) if self.core else contextlib.nullcontext()
+        autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+        with context:
+
+            def forward():
+                with torch.no_grad(), autocast:
+                    call(module)
+
+            def train_step():
+                with autocast:
+                    loss = outputs_sum(call(module))
+                loss.backward()
+                module.zero_grad(set_to_none=True)
+
+            result = {'fwd': time_ms(forward, device, repeat),
+                      'fwd_bwd': time_ms(train_step, device, repeat)}
+            result['peak'] = meter.measure(train_step)
+        return result
+
+
+def tokens_input(batch: int, hw: Tuple[int, int], channels: int, device: str) -> Tensor:
+    return torch.randn(batch, hw[0] * hw[1], channels, device=device, requires_grad=True)
+
+
+def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str) -> List[Case]:
+    """All cases; the stage-1 grid of an H x W image is (H / 4, W / 4)."""
+    cases = []
+    cores = core_functions(device)
+    for size_name, (height, width) in sizes.items():
+        grid = (height // 4, width // 4)
+        tag = f'{size_name} {height}x{width}'
+
+        def attention(make, channels, grid=grid):
+            def build():
+                module = make()
+                x = tokens_input(batch, grid, channels, device)
+                return module, lambda m: m(x, grid)
+            return build
+
+        def mmdet_sra(grid=grid):
+            module = SpatialReductionAttention(64, 1, sr_ratio=8)
+            x = tokens_input(batch, grid, 64, device)
+            return module, lambda m: m(x, grid, identity=0.)
+
+        def core_inputs(heads, dims, num_keys_div, grid=grid):
+            tokens = grid[0] * grid[1]
+            q = torch.randn(batch, heads, tokens, dims, device=device, requires_grad=True)
+            k, v = (torch.randn(batch, heads, tokens // num_keys_div, dims, device=device,
+                                requires_grad=True) for _ in range(2))
+            power = (1 + 4 * torch.rand(1, heads, 1, dims, device=device)).requires_grad_()
+            return q, k, v, power
+
+        def core_case(fn, heads, dims):
+            def build():
+                q, k, v, power = core_inputs(heads, dims, 1)
+                return nn.Identity(), lambda m: fn(q, k, v, power)
+            return build
+
+        def swin_pola():
+            return PolaLinearAttention(96, 3, (56, 56), 'qkvg')
+
+        def pvt_pola():
+            return PolaLinearAttention(64, 1, (56, 56), 'qg_kv')
+
+        def image_backbone(make, height=height, width=width):
+            def build():
+                x = torch.randn(batch, 3, height, width, device=device)
+                return make(), lambda m: m(x)
+            return build
+
+        group = f'{tag} core swin-t (3 heads, d 32)'
+        for core_name, fn in cores.items():
+            cases.append(Case(f'core {core_name}', group, core_case(fn, 3, 32)))
+        group = f'{tag} core pvt-t (1 head, d 64)'
+        for core_name, fn in cores.items():
+            cases.append(Case(f'core {core_name}', group, core_case(fn, 1, 64)))
+
+        group = f'{tag} stage-1 attention swin-t'
+        cases.append(Case('mmdet ShiftWindowMSA w7', group,
+                          attention(lambda: ShiftWindowMSA(96, 3, 7), 96)))
+        cases.append(Case('mmdet ShiftWindowMSA w7 shift 3', group,
+                          attention(lambda: ShiftWindowMSA(96, 3, 7, shift_size=3), 96)))
+        for core_name, fn in cores.items():
+            cases.append(Case(f'pola ({core_name} core)', group, attention(swin_pola, 96), fn))
+        group = f'{tag} stage-1 attention pvt-t'
+        cases.append(Case('mmdet SRA sr8', group, mmdet_sra))
+        for core_name, fn in cores.items():
+            cases.append(Case(f'pola ({core_name} core)', group, attention(pvt_pola, 64), fn))
+
+        group = f'{tag} backbone swin-t'
+        cases.append(Case('mmdet SwinTransformer', group, image_backbone(
+            lambda: SwinTransformer(drop_path_rate=0.))))
+        cases.append(Case('PolaSwinTransformer', group,
+                          image_backbone(
+            lambda: PolaSwinTransformer('tiny', drop_path_rate=0.)), cores['lean']))
+        group = f'{tag} backbone pvt-t'
+        cases.append(Case('mmdet PVT-T', group, image_backbone(
+            lambda: PyramidVisionTransformer(num_layers=[2, 2, 2, 2], drop_path_rate=0.))))
+        cases.append(Case('PolaPVT', group, image_backbone(lambda: PolaPVT('tiny', drop_path_rate=0.)),
+                          cores['lean']))
+    return cases
+
+
+def format_table(rows: List[Dict], device_label: str) -> str:
+    """Markdown table; ratios are against the first row of each group (the baseline)."""
+    unit = 'GiB'
+    lines = [f'device: {device_label}', '',
+             '| group | case | fwd ms | fwd+bwd ms | ratio fwd+bwd | peak ' + unit +
+             ' | ratio peak |', '|---|---|---:|---:|---:|---:|---:|']
+    baselines = {}
+    for row in rows:
+        base = baselines.setdefault(row['group'], row)
+        lines.append(
+            f"| {row['group']} | {row['name']} | {row['fwd']:.1f} | {row['fwd_bwd']:.1f} | "
+            f"{row['fwd_bwd'] / base['fwd_bwd']:.2f} | {row['peak'] / 2**30:.3f} | "
+            f"{row['peak'] / max(base['peak'], 1):.2f} |")
+    return '\n'.join(lines)
+
+
+def scaling_table(rows: List[Dict]) -> str:
+    """time(det) / time(half-det) per case: 4x the pixels, linear scaling gives 4.0."""
+    by_key = {(row['group'].split(' ', 2)[2], row['name'], row['group'].split(' ')[0]): row
+              for row in rows}
+    lines = ['| thing | case | fwd+bwd det / half-det (4x pixels) |', '|---|---|---:|']
+    for (group, name, size), row in by_key.items():
+        half = by_key.get((group, name, 'half-det'))
+        if size == 'det' and half:
+            lines.append(f"| {group} | {name} | {row['fwd_bwd'] / half['fwd_bwd']:.2f} |")
+    return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
+                        choices=('cpu', 'cuda'))
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
+    parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES),
+                        help='autocast dtype of the layers (the Pola core stays fp32)')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--repeat', type=int, default=3, help='timed runs (median)')
+    parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
+    parser.add_argument('--filter', default='', help='only groups containing this text')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny shapes and one timed run: a smoke test, not a measurement')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda but CUDA is not available')
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    sizes = {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
+    repeat = 1 if args.quick else args.repeat
+    meter = MemoryMeter(args.device)
+    rows = []
+    for case in build_cases(sizes, args.batch, args.device):
+        if args.filter not in case.group:
+            continue
+        result = case.run(args.device, DTYPES[args.dtype], repeat, meter)
+        rows.append(dict(result, name=case.name, group=case.group))
+        print_log(f"{case.group} | {case.name}: fwd {result['fwd']:.1f} ms, fwd+bwd "
+                  f"{result['fwd_bwd']:.1f} ms, peak {result['peak'] / 2**30:.3f} GiB")
+    label = (torch.cuda.get_device_name() if args.device == 'cuda' else
+             f'cpu, {args.threads} threads') + f', {args.dtype}, batch {args.batch}'
+    report = format_table(rows, label) + '\n\n' + scaling_table(rows)
+    print_log(report)
+    return report
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,77 @@
+"""Parameters and FLOPs of every released PolaFormer backbone at 224 x 224 and 1333 x 800.
+
+Counted with mmengine's ``get_model_complexity_info`` (jit tracing; one multiply-add counts
+as one FLOP, as in mmdet/mmseg/mmpretrain's ``get_flops``; element-wise work such as the
+polarity feature maps, softmax or activations is not counted). The linear attention's
+matrix products are counted: the fast cores run inside autograd Functions that tracing
+cannot see into, so the count runs the layers with the plain reference core
+(``tests/reference_pola.py``), whose ``K^T V``, ``Q (K^T V)`` and normaliser products
+are ordinary matmuls and have the same multiply-add count as the fast cores up to the
+normaliser (2d per query per stream).
+
+The backbone alone is counted (no classification head, neck or decoder); parameters are the
+backbone's. Swin-B-384 is listed with its pretraining size 384 in place of 224.
+
+Usage::
+
+    python tools/analysis/get_flops.py                  # all archs, both sizes
+    python tools/analysis/get_flops.py --archs pola_swin_tiny --sizes 224
+"""
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from mmengine.analysis import get_model_complexity_info
+from mmengine.logging import print_log
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import attention_core, plain_polarity_attention  # noqa: E402
+
+from pola_mm.models import PolaPVT, PolaSwinTransformer  # noqa: E402
+
+ARCHS = {
+    'pola_swin_tiny': lambda: PolaSwinTransformer('tiny'),
+    'pola_swin_small': lambda: PolaSwinTransformer('small'),
+    'pola_swin_base': lambda: PolaSwinTransformer('base'),
+    'pola_swin_base_384': lambda: PolaSwinTransformer('base', pretrain_img_size=384,
+                                                      window_size=12),
+    'pola_pvt_tiny': lambda: PolaPVT('tiny'),
+    'pola_pvt_small': lambda: PolaPVT('small'),
+    'pola_pvt_medium': lambda: PolaPVT('medium'),
+    'pola_pvt_large': lambda: PolaPVT('large'),
+}
+SIZES = {'224': (224, 224), '1333x800': (800, 1333)}
+
+
+def complexity(arch: str, size: Tuple[int, int]) -> Dict[str, float]:
+    """{'params': count, 'flops': multiply-adds} of one backbone for one (H, W) image."""
+    model = ARCHS[arch]().eval()
+    if arch.endswith('_384') and size == SIZES['224']:
+        size = (384, 384)
+    with torch.no_grad(), attention_core(plain_polarity_attention):
+        info = get_model_complexity_info(model, inputs=(torch.zeros(1, 3, *size), ),
+                                         show_table=False, show_arch=False)
+    return {'params': info['params'], 'flops': info['flops'], 'size': size}
+
+
+def main(argv: List[str] = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--archs', nargs='+', choices=sorted(ARCHS), default=list(ARCHS))
+    parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
+    args = parser.parse_args(argv)
+    lines = ['| arch | input (H x W) | params (M) | GFLOPs |', '|---|---|---:|---:|']
+    for arch in args.archs:
+        for size_name in args.sizes:
+            result = complexity(arch, SIZES[size_name])
+            height, width = result['size']
+            lines.append(f"| {arch} | {height} x {width} | {result['params'] / 1e6:.2f} | "
+                         f"{result['flops'] / 1e9:.2f} |")
+    table = '\n'.join(lines)
+    print_log(table)
+    return table
+
+
+if __name__ == '__main__':
+    main()
