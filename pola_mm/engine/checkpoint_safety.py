@@ -11,6 +11,7 @@ training run therefore fails on torch >= 2.6.
 allowed as such: the name is bound to :func:`history_buffer_statistic`, which only returns
 the four statistics methods of ``HistoryBuffer``.
 """
+import pickle
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -28,11 +29,11 @@ def history_buffer_statistic(owner: type, name: str):
     """Stand-in for ``getattr`` while unpickling: ``HistoryBuffer.<statistic>`` only.
 
     Raises:
-        RuntimeError: for any other owner or attribute, so that a file which uses
-            ``getattr`` for anything else is refused.
+        pickle.UnpicklingError: for any other owner or attribute, so that a file which
+            uses ``getattr`` for anything else is refused.
     """
     if owner is not HistoryBuffer or name not in HISTORY_BUFFER_STATISTICS:
-        raise RuntimeError(
+        raise pickle.UnpicklingError(
             f'Refusing getattr({owner!r}, {name!r}) in a checkpoint: only the '
             f'HistoryBuffer statistics {HISTORY_BUFFER_STATISTICS} are allowed.')
     return getattr(HistoryBuffer, name)
