@@ -1,4 +1,4 @@
-"""Parameters and FLOPs of every released PolaFormer backbone at 224 x 224 and 1333 x 800.
+"""Parameters and FLOPs of every released PolaFormer model at 224 x 224 and 1333 x 800.
 
 Counted with mmengine's ``get_model_complexity_info`` (jit tracing; one multiply-add counts
 as one FLOP, as in mmdet/mmseg/mmpretrain's ``get_flops``; element-wise work such as the
@@ -9,8 +9,8 @@ cannot see into, so the count runs the layers with the plain reference core
 are ordinary matmuls and have the same multiply-add count as the fast cores up to the
 normaliser (2d per query per stream).
 
-The backbone alone is counted (no classification head, neck or decoder); parameters are the
-backbone's. Swin-B-384 is listed with its pretraining size 384 in place of 224.
+At 224 x 224 the released ImageNet classifier is counted (Swin-B-384 at its 384 x 384);
+at 1333 x 800 the backbone alone, as detection and segmentation use it (no neck or head).
 
 Usage::
 
@@ -29,27 +29,21 @@ from mmengine.logging import print_log
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import attention_core, plain_polarity_attention  # noqa: E402
 
-from pola_mm.models import PolaPVT, PolaSwinTransformer  # noqa: E402
+import pola_mm.timm  # noqa: E402,F401  (registers the released models with timm)
+from timm import create_model  # noqa: E402
 
-ARCHS = {
-    'pola_swin_tiny': lambda: PolaSwinTransformer('tiny'),
-    'pola_swin_small': lambda: PolaSwinTransformer('small'),
-    'pola_swin_base': lambda: PolaSwinTransformer('base'),
-    'pola_swin_base_384': lambda: PolaSwinTransformer('base', pretrain_img_size=384,
-                                                      window_size=12),
-    'pola_pvt_tiny': lambda: PolaPVT('tiny'),
-    'pola_pvt_small': lambda: PolaPVT('small'),
-    'pola_pvt_medium': lambda: PolaPVT('medium'),
-    'pola_pvt_large': lambda: PolaPVT('large'),
-}
+ARCHS = ('pola_swin_tiny', 'pola_swin_small', 'pola_swin_base', 'pola_swin_base_384',
+         'pola_pvt_tiny', 'pola_pvt_small', 'pola_pvt_medium', 'pola_pvt_large')
 SIZES = {'224': (224, 224), '1333x800': (800, 1333)}
 
 
 def complexity(arch: str, size: Tuple[int, int]) -> Dict[str, float]:
-    """{'params': count, 'flops': multiply-adds} of one backbone for one (H, W) image."""
-    model = ARCHS[arch]().eval()
-    if arch.endswith('_384') and size == SIZES['224']:
-        size = (384, 384)
+    """{'params', 'flops' (multiply-adds), 'size'} of one released model for one image."""
+    model = create_model(arch).eval()
+    if size == SIZES['224']:
+        size = model.pretrained_cfg['input_size'][1:]  # 384 x 384 for Swin-B-384
+    else:  # detection / segmentation use the backbone alone
+        model = model.backbone
     with torch.no_grad(), attention_core(plain_polarity_attention):
         info = get_model_complexity_info(model, inputs=(torch.zeros(1, 3, *size), ),
                                          show_table=False, show_arch=False)
@@ -58,7 +52,7 @@ def complexity(arch: str, size: Tuple[int, int]) -> Dict[str, float]:
 
 def main(argv: List[str] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--archs', nargs='+', choices=sorted(ARCHS), default=list(ARCHS))
+    parser.add_argument('--archs', nargs='+', choices=ARCHS, default=list(ARCHS))
     parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
     args = parser.parse_args(argv)
     lines = ['| arch | input (H x W) | params (M) | GFLOPs |', '|---|---|---:|---:|']
