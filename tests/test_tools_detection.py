@@ -283,3 +283,20 @@ def test_pola_backbone_in_other_mmdet_detectors(base, shapes_root, tmp_path):
     runner.train()
     assert runner.iter == 2
     assert type(runner.model.backbone).__name__ == 'PolaPVT'
+
+
+@pytest.mark.parametrize('config', DET_CONFIGS, ids=osp.basename)
+def test_config_builds_with_its_released_backbone(config):
+    """The real arch (not the tiny one of the other tests) feeds the neck it is paired with."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    assert cfg.model.backbone.init_cfg.checkpoint.startswith('checkpoints/pola_')
+    with torch.no_grad():
+        features = model.backbone(torch.rand(1, 3, 64, 96))
+    assert [f.shape[1] for f in features] == list(cfg.model.neck.in_channels)
+    assert [f.shape[-2:] for f in features] == [
+        (-(-64 // s), -(-96 // s)) for s in (4, 8, 16, 32)]
