@@ -5,7 +5,7 @@ import torch
 from timm.data import create_transform, resolve_data_config
 from torchvision import transforms
 
-import pola_mm.timm  # noqa: F401  (registers the timm names)
+import pola_mm  # noqa: F401  (registers the timm names)
 from official_layout import official_checkpoint, official_input, official_layout_state_dict
 from test_classification import (EVAL_CONFIGS, build_classifier, load_released,
                                  relative_error)
