@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.polarity_attention import polarity_linear_attention
+from ..ops.polarity_attention import check_attention_impl, polarity_linear_attention
 from .pos_embed import resize_token_grid
 
 PROJECTIONS = ('qkvg', 'qg_kv')
@@ -36,6 +36,8 @@ class PolaLinearAttention(nn.Module):
         alpha (float): the power lies in (1, 1 + alpha).
         kernel_size (int): kernel of the depthwise conv on v.
         proj_drop (float): dropout after ``proj``.
+        attn_impl (str): implementation of the core: 'auto' (fused Triton kernels on
+            CUDA, PyTorch elsewhere), 'torch' or 'triton'; all compute the same function.
     """
 
     def __init__(self,
@@ -47,7 +49,8 @@ class PolaLinearAttention(nn.Module):
                  sr_ratio: int = 1,
                  alpha: float = 4.,
                  kernel_size: int = 5,
-                 proj_drop: float = 0.):
+                 proj_drop: float = 0.,
+                 attn_impl: str = 'auto'):
         super().__init__()
         if projection not in PROJECTIONS:
             raise ValueError(f'projection must be one of {PROJECTIONS}, got {projection!r}')
@@ -63,6 +66,7 @@ class PolaLinearAttention(nn.Module):
         self.sr_ratio = sr_ratio
         self.alpha = alpha
         self.pos_grid = tuple(pos_grid)
+        self.attn_impl = check_attention_impl(attn_impl)
 
         if projection == 'qkvg':
             self.qkvg = nn.Linear(embed_dims, 4 * embed_dims, bias=qkv_bias)
@@ -131,7 +135,8 @@ class PolaLinearAttention(nn.Module):
             return t.reshape(batch, -1, self.num_heads, self.head_dims).transpose(1, 2)
 
         v = heads(v)
-        out = polarity_linear_attention(heads(q / scale), heads(k / scale), v, power)
+        out = polarity_linear_attention(heads(q / scale), heads(k / scale), v, power,
+                                        impl=self.attn_impl)
         out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
 
         if self.sr_ratio > 1:  # official: 1-D linear interpolation over flattened tokens
@@ -147,4 +152,4 @@ class PolaLinearAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
                 f'projection={self.projection!r}, sr_ratio={self.sr_ratio}, '
-                f'alpha={self.alpha}')
+                f'alpha={self.alpha}, attn_impl={self.attn_impl!r}')

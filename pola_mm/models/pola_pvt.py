@@ -34,9 +34,11 @@ class PolaPVT(PolaBackbone):
     the last output only with ``final_norm=True``.
 
     Precision: the attention core (:func:`pola_mm.ops.polarity_linear_attention`)
-    always computes in float32 with autocast disabled, because its ``relu(x) ** p``
-    features (p up to 5) overflow float16; everything else follows autocast. bf16 and
-    fp16 autocast therefore give finite outputs where a naive fp16 core gives inf.
+    computes its ``relu(x) ** p`` features (p up to 5, which overflow float16) and its
+    sums in float32 with autocast disabled (the CUDA kernels read half inputs as they are
+    and multiply in TF32); everything else follows autocast. bf16 and fp16 autocast
+    therefore give finite outputs where a naive fp16 core gives inf. ``attn_impl``
+    picks the core's implementation ('auto': Triton kernels on CUDA, PyTorch elsewhere).
 
     Args:
         arch (str | dict): 'tiny', 'small', 'medium', 'large', or a dict with
@@ -53,6 +55,8 @@ class PolaPVT(PolaBackbone):
         norm_eval (bool): keep BatchNorm layers in eval mode while training.
         final_norm (bool): apply the official ``norm`` to the last stage's output.
         with_cp (bool): activation checkpointing per block.
+        attn_impl (str): implementation of the Pola attention core: 'auto' (fused Triton
+            kernels on CUDA, PyTorch elsewhere), 'torch' or 'triton'.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 
@@ -77,6 +81,7 @@ class PolaPVT(PolaBackbone):
                  norm_eval: bool = False,
                  final_norm: bool = False,
                  with_cp: bool = False,
+                 attn_impl: str = 'auto',
                  init_cfg: Optional[Dict] = None):
         super().__init__(init_cfg=init_cfg)
         arch = parse_arch(self.arch_zoo, arch,
@@ -111,7 +116,8 @@ class PolaPVT(PolaBackbone):
                     dims,
                     PolaLinearAttention(dims, arch['num_heads'][s], (grid // sr_ratio, ) * 2,
                                         'qg_kv', qkv_bias=qkv_bias, sr_ratio=sr_ratio,
-                                        proj_drop=drop_rate), arch['mlp_ratios'][s],
+                                        proj_drop=drop_rate, attn_impl=attn_impl),
+                    arch['mlp_ratios'][s],
                     norm_eps=BLOCK_NORM_EPS, drop_rate=drop_rate,
                     drop_path_rate=block_rates[first + j], with_cp=with_cp)
                 for j in range(depth)

@@ -73,9 +73,11 @@ class PolaSwinTransformer(PolaBackbone):
     official final ``norm`` initialises the last stage's.
 
     Precision: the attention core (:func:`pola_mm.ops.polarity_linear_attention`)
-    always computes in float32 with autocast disabled, because its ``relu(x) ** p``
-    features (p up to 5) overflow float16; everything else follows autocast. bf16 and
-    fp16 autocast therefore give finite outputs where a naive fp16 core gives inf.
+    computes its ``relu(x) ** p`` features (p up to 5, which overflow float16) and its
+    sums in float32 with autocast disabled (the CUDA kernels read half inputs as they are
+    and multiply in TF32); everything else follows autocast. bf16 and fp16 autocast
+    therefore give finite outputs where a naive fp16 core gives inf. ``attn_impl``
+    picks the core's implementation ('auto': Triton kernels on CUDA, PyTorch elsewhere).
 
     Args:
         arch (str | dict): 'tiny', 'small', 'base', or a dict with ``embed_dims`` (int),
@@ -97,6 +99,8 @@ class PolaSwinTransformer(PolaBackbone):
         norm_eval (bool): keep norm layers in eval mode while training (BatchNorm only;
             LayerNorm has no running statistics).
         with_cp (bool): activation checkpointing per block.
+        attn_impl (str): implementation of the Pola attention core: 'auto' (fused Triton
+            kernels on CUDA, PyTorch elsewhere), 'torch' or 'triton'.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 
@@ -122,6 +126,7 @@ class PolaSwinTransformer(PolaBackbone):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 attn_impl: str = 'auto',
                  init_cfg: Optional[Dict] = None):
         super().__init__(init_cfg=init_cfg)
         arch = parse_arch(self.arch_zoo, arch, per_stage=('depths', 'num_heads'),
@@ -153,7 +158,8 @@ class PolaSwinTransformer(PolaBackbone):
             for j in range(depth):
                 if arch['attn_types'][i] == 'L':
                     attn = PolaLinearAttention(channels, heads, (grid, grid), 'qkvg',
-                                               qkv_bias=qkv_bias, proj_drop=drop_rate)
+                                               qkv_bias=qkv_bias, proj_drop=drop_rate,
+                                               attn_impl=attn_impl)
                 else:
                     attn = ShiftWindowAttention(channels, heads, window_size, shift=j % 2 == 1,
                                                 qkv_bias=qkv_bias, attn_drop=attn_drop_rate,

@@ -1,11 +1,38 @@
-"""The polarity-aware linear attention core: the one place its math lives."""
-import torch
-import torch.nn.functional as F
+"""The polarity-aware linear attention core: its contract, and which implementation runs it.
+
+Two implementations compute the same function: the lean PyTorch path
+(:mod:`pola_mm.ops.pola_torch`, any device, any even head dims) and fused Triton kernels
+(:mod:`pola_mm.ops.pola_triton`, CUDA, head dims 16/32/64/128). ``impl='auto'`` takes the
+kernels wherever they apply and PyTorch elsewhere; a model selects one with its
+``attn_impl`` argument. The plain form of the official code is kept only as the tests'
+reference (``tests/reference_pola.py``).
+"""
 from torch import Tensor
+
+from .pola_torch import polarity_linear_attention_torch
+
+ATTENTION_IMPLS = ('auto', 'torch', 'triton')
+
+
+def check_attention_impl(impl: str) -> str:
+    """Return ``impl`` or raise a ValueError naming the accepted values."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f'attn_impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
+    return impl
+
+
+def _triton_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    if not q.is_cuda:
+        return False
+    try:
+        from .pola_triton import triton_supports
+    except ImportError:  # a torch build without Triton
+        return False
+    return all(triton_supports(t) for t in (q, k, v))
 
 
 def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                              eps: float = 1e-6) -> Tensor:
+                              eps: float = 1e-6, impl: str = 'auto') -> Tensor:
     """Polarity-aware linear attention of PolaFormer for one set of queries and keys.
 
     With ``phi_p(x) = relu(x) ** p`` (per head and channel exponent ``p``):
@@ -16,11 +43,11 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
 
         out_t[i] = sum_j (q_t[i] . K[j]) v_t[j] / (sum_j q_t[i] . K[j] + n * eps)
 
-    computed in linear form as in the official code:
+    which is the official linear form
     ``(q_t @ (K^T / sqrt(n)) @ (v_t / sqrt(n))) / (q_t . mean_j K[j] + eps)``.
 
-    The computation runs in float32 with autocast disabled (exponents up to 5 overflow
-    fp16) and the result is cast back to ``q``'s dtype.
+    The feature maps and their products are computed in float32 with autocast disabled
+    (exponents up to 5 overflow fp16) and the result is cast back to ``q``'s dtype.
 
     Args:
         q (Tensor): (B, h, N, d) queries, already divided by ``softplus(scale)``.
@@ -29,23 +56,15 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
         v (Tensor): (B, h, n, d) values; ``d`` must be even.
         power (Tensor): (1, h, 1, d) exponents ``1 + alpha * sigmoid(param)``.
         eps (float): normaliser epsilon (official value 1e-6).
+        impl (str): 'auto' (Triton kernels on CUDA where they support the head dims,
+            else PyTorch), 'torch' or 'triton'.
 
     Returns:
         Tensor: (B, h, N, d); channels ``[:d/2]`` come from the sim stream, ``[d/2:]``
         from the opp stream.
     """
-    out_dtype = q.dtype
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v, power = (t.float() for t in (q, k, v, power))
-        n = k.shape[-2]
-        q_pos, q_neg = F.relu(q) ** power, F.relu(-q) ** power
-        k_cat = torch.cat([F.relu(k) ** power, F.relu(-k) ** power], dim=-1)
-        k_mean = k_cat.mean(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, 2d, 1)
-        k_scaled = k_cat.transpose(-2, -1) * n**-0.5  # (B, h, 2d, n)
-        outputs = []
-        for q_t, v_t in ((torch.cat([q_pos, q_neg], dim=-1), v[..., :v.shape[-1] // 2]),
-                         (torch.cat([q_neg, q_pos], dim=-1), v[..., v.shape[-1] // 2:])):
-            z = 1 / (q_t @ k_mean + eps)
-            kv = k_scaled @ (v_t * n**-0.5)
-            outputs.append(q_t @ kv * z)
-        return torch.cat(outputs, dim=-1).to(out_dtype)
+    check_attention_impl(impl)
+    if impl == 'triton' or (impl == 'auto' and _triton_applies(q, k, v)):
+        from .pola_triton import polarity_linear_attention_triton
+        return polarity_linear_attention_triton(q, k, v, power, eps)
+    return polarity_linear_attention_torch(q, k, v, power, eps)
