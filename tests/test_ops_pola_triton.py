@@ -14,25 +14,42 @@ from pathlib import Path
 import pytest
 import torch
 
-# (batch, heads, queries N, keys n, head dims d, chunk): odd token counts, n != N,
-# several chunks per reduction (chunk 32 with 97 tokens), d 32 (Swin) and 64 (PVT)
-CASES = [(2, 3, 33, 33, 32, 1024), (1, 2, 1, 7, 32, 32), (1, 1, 97, 70, 64, 32),
-         (2, 2, 7, 33, 64, 32), (1, 4, 40, 3, 32, 1024)]
-DTYPES = ('float32', 'bfloat16', 'float16')
-TOLERANCE = {'float32': 1e-4, 'bfloat16': 2e-2, 'float16': 2e-2}
+# (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
+# several chunks per reduction (chunk 32 with 97 tokens), d 32 (Swin) and 64 (PVT), and
+# inputs that are views of (B, L, h*d) maps ('interleaved'), as the layers pass them
+CASES = [(2, 3, 33, 33, 32, 1024, 'interleaved'), (1, 2, 1, 7, 32, 32, 'contiguous'),
+         (1, 1, 97, 70, 64, 32, 'contiguous'), (2, 2, 7, 33, 64, 32, 'interleaved'),
+         (1, 4, 40, 3, 32, 1024, 'contiguous')]
+# 'float32+bfloat16': q, k in fp32 and v in bf16, as bf16 autocast hands them to the core
+DTYPES = ('float32', 'bfloat16', 'float16', 'float32+bfloat16')
+TOLERANCE = {'float32': 1e-4, 'bfloat16': 2e-2, 'float16': 2e-2, 'float32+bfloat16': 2e-2}
 
 
-def compare_all():
-    """Child process: max relative errors {case: {dtype: {out, q, k, v, power}}}."""
+def kernel_inputs(shape, dtype, seed):
+    """make_inputs for a DTYPES entry 'qk[+v]'."""
+    from test_ops_pola_torch import make_inputs
+    qk_dtype, _, v_dtype = dtype.partition('+')
+    inputs, grad = make_inputs(*shape, getattr(torch, qk_dtype), seed=seed)
+    inputs[2] = inputs[2].to(getattr(torch, v_dtype or qk_dtype))
+    return inputs, grad
+
+
+def compare_all(device='cpu'):
+    """Relative errors {case + dtype: {out, q, k, v, p}} of the kernels against the
+    reference; on 'cpu' (the child process) through the interpreter."""
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton, triton_interpreted
     from reference_pola import plain_polarity_attention
-    from test_ops_pola_torch import forward_backward, make_inputs, rel_err
-    assert triton_interpreted()
+    from test_ops_pola_torch import forward_backward, rel_err
+    assert device == 'cuda' or triton_interpreted()
     results = {}
     for case in CASES:
-        *shape, chunk = case
+        *shape, chunk, layout = case
         for dtype in DTYPES:
-            inputs, grad = make_inputs(*shape, getattr(torch, dtype), seed=sum(shape))
+            inputs, grad = kernel_inputs(shape, dtype, seed=sum(shape))
+            inputs, grad = [t.to(device) for t in inputs], grad.to(device)
+            if layout == 'interleaved':  # (B, h, L, d) views of (B, L, h, d) memory
+                inputs[:3] = [t.transpose(1, 2).contiguous().transpose(1, 2)
+                              for t in inputs[:3]]
             out, grads = forward_backward(
                 lambda *t: polarity_linear_attention_triton(*t, chunk=chunk), inputs, grad)
             # fp32: float64 ground truth; half: the reference with the same half inputs
@@ -56,13 +73,29 @@ def interpreter_results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize('dtype', DTYPES)
-@pytest.mark.parametrize('case', CASES)
-def test_kernels_match_reference(interpreter_results, case, dtype):
-    errors = interpreter_results[str(case) + dtype]
+@pytest.fixture(scope='module')
+def cuda_results():
+    if not torch.cuda.is_available():
+        pytest.skip('no CUDA device: the compiled kernels are checked through the interpreter')
+    return compare_all('cuda')
+
+
+def check_errors(errors, dtype):
     assert errors.pop('dtype_kept')
     for name, error in errors.items():
         assert error < TOLERANCE[dtype], (name, error)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('case', CASES)
+def test_kernels_match_reference(interpreter_results, case, dtype):
+    check_errors(interpreter_results[str(case) + dtype], dtype)
+
+
+@pytest.mark.parametrize('dtype', DTYPES)
+@pytest.mark.parametrize('case', CASES)
+def test_compiled_kernels_match_reference_on_cuda(cuda_results, case, dtype):
+    check_errors(cuda_results[str(case) + dtype], dtype)
 
 
 def test_triton_path_refuses_cpu_tensors_without_interpreter():

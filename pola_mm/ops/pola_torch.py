@@ -13,9 +13,10 @@ pair of matrix products, using two facts:
   ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2).
 * ``relu(x)^p`` and ``relu(-x)^p`` have disjoint supports, so one ``|x|^p`` gives both.
 
-A custom autograd Function keeps only the inputs, the output, the small ``W`` and the
-(N, 2) reciprocal normalisers for backward and recomputes the feature maps there, so no
-(N, 2d) fp32 temporary outlives the forward.
+A custom autograd Function keeps for backward the inputs, the output, the small ``W``, the
+(N, 2) reciprocal normalisers and ``sign(q) |q|^p``, ``sign(k) |k|^p`` (B, h, *, d) (so
+backward needs no power of its own); the (B, h, *, 2d) feature maps are rebuilt from them
+by a clamp and a subtraction, so none of them outlives the forward.
 """
 from typing import Tuple
 
@@ -43,31 +44,39 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor) -> Non
                          f'got {tuple(power.shape)}')
 
 
-def polarity_features(x: Tensor, power: Tensor) -> Tensor:
-    """``[relu(x)^p, relu(-x)^p]``: (B, h, L, d) -> (B, h, L, 2d) in x's dtype."""
-    dims = x.shape[-1]
-    magnitude = x.abs().pow_(power)
-    features = x.new_empty(*x.shape[:-1], 2 * dims)
-    torch.mul(magnitude, x > 0, out=features[..., :dims])
-    torch.sub(magnitude, features[..., :dims], out=features[..., dims:])  # |x|^p = 0 at 0
+def signed_power(x: Tensor, power: Tensor) -> Tensor:
+    """``sign(x) |x|^p`` (B, h, L, d): both polarity maps in one tensor, as
+    ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(-s)`` (disjoint supports)."""
+    return x.abs().pow_(power).copysign_(x)
+
+
+def polarity_features(signed: Tensor) -> Tensor:
+    """``[relu(x)^p, relu(-x)^p]`` (B, h, L, 2d) from ``s = sign(x) |x|^p`` (B, h, L, d)."""
+    dims = signed.shape[-1]
+    features = signed.new_empty(*signed.shape[:-1], 2 * dims)
+    torch.clamp(signed, min=0, out=features[..., :dims])
+    torch.sub(features[..., :dims], signed, out=features[..., dims:])  # relu(s) - s
     return features
 
 
-def polarity_features_backward(x: Tensor, power: Tensor,
+def polarity_features_backward(x: Tensor, signed: Tensor, power: Tensor,
                                grad_features: Tensor) -> Tuple[Tensor, Tensor]:
-    """Vector-Jacobian product of :func:`polarity_features`.
+    """Vector-Jacobian product of :func:`polarity_features` of ``s = signed_power(x, p)``.
+
+    With g the gradient reaching the map x's sign selects and ``a = |s| = |x|^p``:
+    ``dx = g p a / x`` (0 at x = 0) and ``dp = sum g a log|x| = (sum g a log a) / p``, so no
+    power or log of x is needed.
 
     Returns:
         tuple: ``grad_x`` (B, h, L, d) and ``grad_power`` summed over batch and tokens,
         (1, h, 1, d) (``power``'s broadcast shape is restored by the caller).
     """
     dims = x.shape[-1]
-    grad_magnitude = torch.where(x > 0, grad_features[..., :dims], grad_features[..., dims:])
-    magnitude = x.abs()
-    grad_power = torch.xlogy(magnitude, magnitude)  # |x| log|x|, 0 at x = 0
-    magnitude.pow_(power - 1).mul_(grad_magnitude)  # g * |x|^(p-1)
-    grad_power = grad_power.mul_(magnitude).sum(dim=(0, 2), keepdim=True)
-    grad_x = magnitude.mul_(power).mul_(torch.sign(x))
+    grad_map = torch.where(signed > 0, grad_features[..., :dims], grad_features[..., dims:])
+    magnitude = signed.abs()
+    grad_power = (grad_map * torch.xlogy(magnitude, magnitude)).sum(
+        dim=(0, 2), keepdim=True).div_(power)
+    grad_x = grad_map.mul_(magnitude).div_(x).mul_(power).masked_fill_(x == 0, 0.)
     return grad_x, grad_power
 
 
@@ -81,6 +90,20 @@ def _mix_streams(kv: Tensor, k_mean: Tensor) -> Tensor:
     top = torch.cat([pos[..., :half], neg[..., half:], mean_pos, mean_neg], dim=-1)
     bottom = torch.cat([neg[..., :half], pos[..., half:], mean_neg, mean_pos], dim=-1)
     return torch.cat([top, bottom], dim=-2)
+
+
+def _mix_streams_backward(grad_mixing: Tensor) -> Tuple[Tensor, Tensor]:
+    """Adjoint of :func:`_mix_streams`: d W (B, h, 2d, d + 2) -> d kv (B, h, 2d, d) and
+    d k_mean (B, h, 2d, 1), written out (a re-arrangement and two sums)."""
+    dims = grad_mixing.shape[-1] - 2
+    half = dims // 2
+    top, bottom = grad_mixing[..., :dims, :], grad_mixing[..., dims:, :]
+    grad_pos = torch.cat([top[..., :half], bottom[..., half:dims]], dim=-1)
+    grad_neg = torch.cat([bottom[..., :half], top[..., half:dims]], dim=-1)
+    grad_mean_pos = top[..., dims:dims + 1] + bottom[..., dims + 1:]
+    grad_mean_neg = top[..., dims + 1:] + bottom[..., dims:dims + 1]
+    return (torch.cat([grad_pos, grad_neg], dim=-2),
+            torch.cat([grad_mean_pos, grad_mean_neg], dim=-2))
 
 
 def _normalise(mixed: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
@@ -98,25 +121,27 @@ class PolarityLinearAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float) -> Tensor:
         power32 = power.float()
-        keys = polarity_features(k.float(), power32)  # (B, h, n, 2d)
-        num_keys = k.shape[-2]
+        q32, k32 = q.float(), k.float()
+        k_signed = signed_power(k32, power32)
+        keys = polarity_features(k_signed)  # (B, h, n, 2d)
         kv = keys.transpose(-2, -1) @ v.float()
-        kv.div_(num_keys)
+        kv.div_(k.shape[-2])
         k_mean = keys.mean(dim=-2).unsqueeze(-1)
         del keys
         mixing = _mix_streams(kv, k_mean)  # (B, h, 2d, d + 2)
-        out, inv_norm = _normalise(polarity_features(q.float(), power32) @ mixing, eps)
+        q_signed = signed_power(q32, power32)
+        out, inv_norm = _normalise(polarity_features(q_signed) @ mixing, eps)
         out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, power, mixing, out, inv_norm)
+        ctx.save_for_backward(q, k, v, power, mixing, out, inv_norm, q_signed, k_signed)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, power, mixing, out, inv_norm = ctx.saved_tensors
+        q, k, v, power, mixing, out, inv_norm, q_signed, k_signed = ctx.saved_tensors
         power32 = power.float()
         q32 = q.float()
         dims = q.shape[-1]
-        queries = polarity_features(q32, power32)  # (B, h, N, 2d)
+        queries = polarity_features(q_signed)  # (B, h, N, 2d)
         grad_out = grad_out.float().unflatten(-1, (2, dims // 2))
         grad_mixed = torch.cat([
             (grad_out * inv_norm).flatten(-2),
@@ -124,34 +149,30 @@ class PolarityLinearAttentionFunction(torch.autograd.Function):
                 inv_norm.squeeze(-1)).neg_()
         ], dim=-1)  # (B, h, N, d + 2)
         grad_mixing = queries.transpose(-2, -1) @ grad_mixed
+        del queries
         grad_q = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
             grad_queries = grad_mixed @ mixing.transpose(-2, -1)
-            del queries, grad_mixed
-            grad_q, grad_power = polarity_features_backward(q32, power32, grad_queries)
+            del grad_mixed
+            grad_q, grad_power = polarity_features_backward(q32, q_signed, power32,
+                                                            grad_queries)
             del grad_queries
         else:
-            del queries, grad_mixed
+            del grad_mixed
 
-        with torch.enable_grad():  # the small (2d, d + 2) re-arrangement
-            kv = torch.zeros(*mixing.shape[:-1], dims, dtype=mixing.dtype,
-                             device=mixing.device, requires_grad=True)
-            k_mean = torch.zeros(*mixing.shape[:-1], 1, dtype=mixing.dtype,
-                                 device=mixing.device, requires_grad=True)
-            grad_kv, grad_k_mean = torch.autograd.grad(
-                _mix_streams(kv, k_mean), (kv, k_mean), grad_mixing)
+        grad_kv, grad_k_mean = _mix_streams_backward(grad_mixing)
         num_keys = k.shape[-2]
         grad_kv.div_(num_keys)
         grad_k_mean.div_(num_keys)
         k32 = k.float()
-        keys = polarity_features(k32, power32)
-        grad_v = (keys @ grad_kv).to(v.dtype) if ctx.needs_input_grad[2] else None
-        grad_k = None
+        grad_v = grad_k = None
+        if ctx.needs_input_grad[2]:
+            grad_v = (polarity_features(k_signed) @ grad_kv).to(v.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
-            del keys
             grad_keys = v.float() @ grad_kv.transpose(-2, -1)
             grad_keys.add_(grad_k_mean.transpose(-2, -1))
-            grad_k, grad_power_k = polarity_features_backward(k32, power32, grad_keys)
+            grad_k, grad_power_k = polarity_features_backward(k32, k_signed, power32,
+                                                              grad_keys)
             grad_power = grad_power_k if grad_power is None else grad_power + grad_power_k
         if ctx.needs_input_grad[3]:
             grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)

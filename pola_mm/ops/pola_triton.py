@@ -13,7 +13,11 @@ polarity features computed in registers (never written to memory) and fp32 accum
 
 Partial sums over chunks are added in PyTorch (deterministic, no atomics); the tiny
 (2d, d + 2) re-arrangement between ``[P; M]`` and ``W`` is done by PyTorch as well.
-Inputs may be fp32, bf16 or fp16; fp32 inputs use IEEE fp32 products, half inputs TF32.
+q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
+output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
+Each of q, k, v may be fp32, bf16 or fp16 (under autocast q and k arrive in fp32, after
+the division by the fp32 scale, and v in half); all-fp32 inputs use IEEE fp32 products,
+any half input TF32.
 Head dims must be 16, 32, 64 or 128 (``tl.dot`` tiles); any token count is masked.
 """
 import torch
@@ -22,9 +26,10 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import _mix_streams, check_polarity_inputs
+from .pola_torch import _mix_streams, _mix_streams_backward, check_polarity_inputs
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_TOKENS = 32
 
 
@@ -49,7 +54,17 @@ def _features_backward(x, magnitude, grad_pos, grad_neg, power):
 
 
 @triton.jit
+def _tile(ptr, bh, num_heads, stride_b, stride_h, stride_n, rows, cols):
+    """Pointers to the (rows, cols) tile of head ``bh`` of a (B, h, L, d) tensor whose
+    last dim is contiguous (any other strides: e.g. heads split off a (B, L, h*d) map)."""
+    batch = (bh // num_heads).to(tl.int64)
+    return (ptr + batch * stride_b + (bh % num_heads) * stride_h + rows[:, None] * stride_n +
+            cols[None, :])
+
+
+@triton.jit
 def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, chunk,
+                      stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
                       D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """state[bh, c] = sum over the chunk's keys of [k+, k-]^T [v, 1]: (2d, d + 1)."""
     bh = tl.program_id(0)
@@ -60,13 +75,13 @@ def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, c
     acc_neg = tl.zeros((D, D), dtype=tl.float32)
     sum_pos = tl.zeros((D, ), dtype=tl.float32)
     sum_neg = tl.zeros((D, ), dtype=tl.float32)
-    base = bh * num_keys * D
     for start in range(part * chunk, tl.minimum(part * chunk + chunk, num_keys), BLOCK):
         rows = start + tl.arange(0, BLOCK)
         mask = (rows < num_keys)[:, None]
-        offsets = base + rows[:, None] * D + cols[None, :]
-        k = tl.load(k_ptr + offsets, mask=mask, other=0.).to(tl.float32)
-        v = tl.load(v_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        k = tl.load(_tile(k_ptr, bh, num_heads, stride_kb, stride_kh, stride_kn, rows, cols),
+                    mask=mask, other=0.).to(tl.float32)
+        v = tl.load(_tile(v_ptr, bh, num_heads, stride_vb, stride_vh, stride_vn, rows, cols),
+                    mask=mask, other=0.).to(tl.float32)
         magnitude = _polarity_features(k, power)
         k_pos = tl.where(k > 0, magnitude, 0.)
         k_neg = tl.where(k < 0, magnitude, 0.)
@@ -99,7 +114,8 @@ def _load_mixing(mixing_ptr, bh, D: tl.constexpr):
 
 @triton.jit
 def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, num_queries,
-                         num_heads, eps, D: tl.constexpr, BLOCK: tl.constexpr,
+                         num_heads, eps, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh,
+                         stride_on, D: tl.constexpr, BLOCK: tl.constexpr,
                          PRECISION: tl.constexpr):
     """out = (Q @ W)[:, :d] / normalisers; also stores the reciprocal normalisers."""
     bh = tl.program_id(0)
@@ -108,8 +124,8 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
     row_mask = rows < num_queries
     power = tl.load(power_ptr + (bh % num_heads) * D + cols)
     top, bottom, top_sim, top_opp, bottom_sim, bottom_opp = _load_mixing(mixing_ptr, bh, D)
-    offsets = bh * num_queries * D + rows[:, None] * D + cols[None, :]
-    q = tl.load(q_ptr + offsets, mask=row_mask[:, None], other=0.).to(tl.float32)
+    q = tl.load(_tile(q_ptr, bh, num_heads, stride_qb, stride_qh, stride_qn, rows, cols),
+                mask=row_mask[:, None], other=0.).to(tl.float32)
     magnitude = _polarity_features(q, power)
     q_pos = tl.where(q > 0, magnitude, 0.)
     q_neg = tl.where(q < 0, magnitude, 0.)
@@ -118,7 +134,8 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
     inv_sim = 1. / (tl.sum(q_pos * top_sim[None, :] + q_neg * bottom_sim[None, :], 1) + eps)
     inv_opp = 1. / (tl.sum(q_pos * top_opp[None, :] + q_neg * bottom_opp[None, :], 1) + eps)
     out = numerator * tl.where(cols[None, :] < D // 2, inv_sim[:, None], inv_opp[:, None])
-    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+    tl.store(_tile(out_ptr, bh, num_heads, stride_ob, stride_oh, stride_on, rows, cols),
+             out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
     norm_offsets = (bh * num_queries + rows) * 2
     tl.store(inv_norm_ptr + norm_offsets, inv_sim, mask=row_mask)
     tl.store(inv_norm_ptr + norm_offsets + 1, inv_opp, mask=row_mask)
@@ -127,7 +144,9 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
 @triton.jit
 def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr, mixing_ptr,
                            grad_q_ptr, grad_mixing_ptr, grad_power_ptr, num_queries,
-                           num_heads, chunk, D: tl.constexpr, BLOCK: tl.constexpr,
+                           num_heads, chunk, stride_qb, stride_qh, stride_qn, stride_ob,
+                           stride_oh, stride_on, stride_gb, stride_gh, stride_gn, stride_dqb,
+                           stride_dqh, stride_dqn, D: tl.constexpr, BLOCK: tl.constexpr,
                            PRECISION: tl.constexpr):
     """dq, and per-chunk partial dW (2d, d + 2) and d power (d,)."""
     bh = tl.program_id(0)
@@ -147,10 +166,12 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
         rows = start + tl.arange(0, BLOCK)
         row_mask = rows < num_queries
         mask = row_mask[:, None]
-        offsets = bh * num_queries * D + rows[:, None] * D + cols[None, :]
-        q = tl.load(q_ptr + offsets, mask=mask, other=0.).to(tl.float32)
-        out = tl.load(out_ptr + offsets, mask=mask, other=0.).to(tl.float32)
-        grad_out = tl.load(grad_out_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        q = tl.load(_tile(q_ptr, bh, num_heads, stride_qb, stride_qh, stride_qn, rows, cols),
+                    mask=mask, other=0.).to(tl.float32)
+        out = tl.load(_tile(out_ptr, bh, num_heads, stride_ob, stride_oh, stride_on, rows,
+                            cols), mask=mask, other=0.).to(tl.float32)
+        grad_out = tl.load(_tile(grad_out_ptr, bh, num_heads, stride_gb, stride_gh, stride_gn,
+                                 rows, cols), mask=mask, other=0.).to(tl.float32)
         norm_offsets = (bh * num_queries + rows) * 2
         inv_sim = tl.load(inv_norm_ptr + norm_offsets, mask=row_mask, other=0.)
         inv_opp = tl.load(inv_norm_ptr + norm_offsets + 1, mask=row_mask, other=0.)
@@ -178,7 +199,8 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
                      grad_opp[:, None] * bottom_opp[None, :])
         grad_q, grad_power_rows = _features_backward(q, magnitude, grad_pos, grad_neg, power)
         grad_power += grad_power_rows
-        tl.store(grad_q_ptr + offsets, grad_q.to(grad_q_ptr.dtype.element_ty), mask=mask)
+        tl.store(_tile(grad_q_ptr, bh, num_heads, stride_dqb, stride_dqh, stride_dqn, rows,
+                       cols), grad_q.to(grad_q_ptr.dtype.element_ty), mask=mask)
 
     index = bh * tl.num_programs(1) + part
     out = grad_mixing_ptr + index * (2 * D * (D + 2))
@@ -194,7 +216,9 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
 
 @triton.jit
 def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, grad_v_ptr,
-                         grad_power_ptr, num_keys, num_heads, chunk, D: tl.constexpr,
+                         grad_power_ptr, num_keys, num_heads, chunk, stride_kb, stride_kh,
+                         stride_kn, stride_vb, stride_vh, stride_vn, stride_dkb, stride_dkh,
+                         stride_dkn, stride_dvb, stride_dvh, stride_dvn, D: tl.constexpr,
                          BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv and per-chunk partial d power from d state (2d, d + 1), already over n."""
     bh = tl.program_id(0)
@@ -211,31 +235,44 @@ def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, gr
     for start in range(part * chunk, tl.minimum(part * chunk + chunk, num_keys), BLOCK):
         rows = start + tl.arange(0, BLOCK)
         mask = (rows < num_keys)[:, None]
-        offsets = bh * num_keys * D + rows[:, None] * D + cols[None, :]
-        k = tl.load(k_ptr + offsets, mask=mask, other=0.).to(tl.float32)
-        v = tl.load(v_ptr + offsets, mask=mask, other=0.).to(tl.float32)
+        k = tl.load(_tile(k_ptr, bh, num_heads, stride_kb, stride_kh, stride_kn, rows, cols),
+                    mask=mask, other=0.).to(tl.float32)
+        v = tl.load(_tile(v_ptr, bh, num_heads, stride_vb, stride_vh, stride_vn, rows, cols),
+                    mask=mask, other=0.).to(tl.float32)
         magnitude = _polarity_features(k, power)
         k_pos = tl.where(k > 0, magnitude, 0.)
         k_neg = tl.where(k < 0, magnitude, 0.)
         grad_v = tl.dot(k_pos, grad_kv_pos, input_precision=PRECISION)
         grad_v = tl.dot(k_neg, grad_kv_neg, grad_v, input_precision=PRECISION)
-        tl.store(grad_v_ptr + offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=mask)
+        tl.store(_tile(grad_v_ptr, bh, num_heads, stride_dvb, stride_dvh, stride_dvn, rows,
+                       cols), grad_v.to(grad_v_ptr.dtype.element_ty), mask=mask)
         grad_pos = tl.dot(v, tl.trans(grad_kv_pos), input_precision=PRECISION)
         grad_pos += grad_sum_pos[None, :]
         grad_neg = tl.dot(v, tl.trans(grad_kv_neg), input_precision=PRECISION)
         grad_neg += grad_sum_neg[None, :]
         grad_k, grad_power_rows = _features_backward(k, magnitude, grad_pos, grad_neg, power)
         grad_power += grad_power_rows
-        tl.store(grad_k_ptr + offsets, grad_k.to(grad_k_ptr.dtype.element_ty), mask=mask)
+        tl.store(_tile(grad_k_ptr, bh, num_heads, stride_dkb, stride_dkh, stride_dkn, rows,
+                       cols), grad_k.to(grad_k_ptr.dtype.element_ty), mask=mask)
     tl.store(grad_power_ptr + (bh * tl.num_programs(1) + part) * D + cols, grad_power)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    return 'ieee' if dtype == torch.float32 else 'tf32'
+def _precision(*tensors: Tensor) -> str:
+    """IEEE fp32 products when every input is fp32, TF32 once any is half."""
+    return 'ieee' if all(t.dtype == torch.float32 for t in tensors) else 'tf32'
 
 
 def _num_chunks(num_tokens: int, chunk: int) -> int:
     return triton.cdiv(num_tokens, chunk)
+
+
+def _strides(t: Tensor):
+    """Batch, head and token strides of a (B, h, L, d) tensor with a contiguous last dim."""
+    return t.stride()[:3]
+
+
+def _dense_last_dim(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _state_to_mixing(state: Tensor, num_keys: int) -> Tensor:
@@ -252,34 +289,35 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
                 chunk: int) -> Tensor:
         batch, heads, num_queries, dims = q.shape
         num_keys = k.shape[2]
-        q, k, v = (t.reshape(batch * heads, -1, dims).contiguous() for t in (q, k, v))
+        q, k, v = (_dense_last_dim(t) for t in (q, k, v))  # heads may stay interleaved
         power32 = power.float().expand(1, heads, 1, dims).reshape(heads, dims).contiguous()
-        precision = _precision(q.dtype)
+        precision = _precision(q, k, v)
 
         key_chunks = _num_chunks(num_keys, chunk)
         state = q.new_empty(batch * heads, key_chunks, 2 * dims, dims + 1, dtype=torch.float32)
         _key_state_kernel[(batch * heads, key_chunks)](
-            k, v, power32, state, num_keys, heads, chunk, D=dims, BLOCK=BLOCK_TOKENS,
-            PRECISION=precision)
+            k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
+            BLOCK=BLOCK_TOKENS, PRECISION=precision)
         mixing = _state_to_mixing(state.sum(1), num_keys)
 
-        out = torch.empty_like(q)
+        # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
+        out = q.new_empty(batch, num_queries, heads, dims).transpose(1, 2)
         inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
         _query_output_kernel[(batch * heads, triton.cdiv(num_queries, BLOCK_TOKENS))](
-            q, power32, mixing, out, inv_norm, num_queries, heads, eps, D=dims,
-            BLOCK=BLOCK_TOKENS, PRECISION=precision)
+            q, power32, mixing, out, inv_norm, num_queries, heads, eps, *_strides(q),
+            *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
         ctx.save_for_backward(q, k, v, power, power32, mixing, out, inv_norm)
         ctx.shape = (batch, heads, num_queries, num_keys, dims)
         ctx.chunk = chunk
-        return out.view(batch, heads, num_queries, dims)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, k, v, power, power32, mixing, out, inv_norm = ctx.saved_tensors
         batch, heads, num_queries, num_keys, dims = ctx.shape
         chunk = ctx.chunk
-        precision = _precision(q.dtype)
-        grad_out = grad_out.reshape(batch * heads, num_queries, dims).contiguous()
+        precision = _precision(q, k, v)
+        grad_out = _dense_last_dim(grad_out)
 
         query_chunks = _num_chunks(num_queries, chunk)
         grad_q = torch.empty_like(q)
@@ -288,14 +326,11 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
         grad_power_q = q.new_empty(batch * heads, query_chunks, dims, dtype=torch.float32)
         _query_backward_kernel[(batch * heads, query_chunks)](
             q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power_q,
-            num_queries, heads, chunk, D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
+            num_queries, heads, chunk, *_strides(q), *_strides(out), *_strides(grad_out),
+            *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
 
-        with torch.enable_grad():  # the small (2d, d + 2) re-arrangement, and the 1 / n
-            state = torch.zeros(batch * heads, 2 * dims, dims + 1, device=q.device,
-                                requires_grad=True)
-            grad_state, = torch.autograd.grad(
-                _state_to_mixing(state, num_keys), state, grad_mixing.sum(1))
-        grad_state = grad_state.contiguous()
+        grad_state = torch.cat(_mix_streams_backward(grad_mixing.sum(1)), dim=-1)
+        grad_state = grad_state.div_(num_keys).contiguous()  # (BH, 2d, d + 1)
 
         key_chunks = _num_chunks(num_keys, chunk)
         grad_k = torch.empty_like(k)
@@ -303,19 +338,17 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
         grad_power_k = q.new_empty(batch * heads, key_chunks, dims, dtype=torch.float32)
         _key_backward_kernel[(batch * heads, key_chunks)](
             k, v, power32, grad_state, grad_k, grad_v, grad_power_k, num_keys, heads, chunk,
-            D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
+            *_strides(k), *_strides(v), *_strides(grad_k), *_strides(grad_v), D=dims,
+            BLOCK=BLOCK_TOKENS, PRECISION=precision)
 
         grad_power = (grad_power_q.sum(1) + grad_power_k.sum(1)).view(batch, heads, 1, dims)
         grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
-        shape = (batch, heads, -1, dims)
-        return (grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), grad_power, None,
-                None)
+        return grad_q, grad_k, grad_v, grad_power, None, None
 
 
 def triton_supports(q: Tensor) -> bool:
     """Whether the Triton kernels can run on ``q``'s device, dtype and head dims."""
-    return (q.shape[-1] in SUPPORTED_HEAD_DIMS and
-            q.dtype in (torch.float32, torch.bfloat16, torch.float16) and
+    return (q.shape[-1] in SUPPORTED_HEAD_DIMS and q.dtype in KERNEL_DTYPES and
             (q.is_cuda or triton_interpreted()))
 
 
@@ -325,7 +358,7 @@ def triton_interpreted() -> bool:
 
 
 def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                                     eps: float = 1e-6, chunk: int = 1024) -> Tensor:
+                                     eps: float = 1e-6, chunk: int = 256) -> Tensor:
     """Fused-kernel polarity-aware linear attention; same contract as
     :func:`pola_mm.ops.polarity_attention.polarity_linear_attention`.
 
@@ -339,15 +372,14 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
             parallelism over tokens, larger fewer partial sums.
 
     Returns:
-        Tensor: (B, h, N, d) in q's dtype (q, k, v must share it).
+        Tensor: (B, h, N, d) in q's dtype.
     """
     check_polarity_inputs(q, k, v, power)
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f'the Triton kernels need head dims in {SUPPORTED_HEAD_DIMS}, '
                          f'got {q.shape[-1]}; use the PyTorch path')
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.bfloat16,
-                                                               torch.float16):
-        raise ValueError('q, k, v must share one dtype among float32, bfloat16, float16; got '
+    if any(t.dtype not in KERNEL_DTYPES for t in (q, k, v)):
+        raise ValueError(f'q, k, v must each be one of {KERNEL_DTYPES}; got '
                          f'{q.dtype}, {k.dtype}, {v.dtype}')
     if chunk <= 0 or chunk % BLOCK_TOKENS:
         raise ValueError(f'chunk must be a positive multiple of {BLOCK_TOKENS}, got {chunk}')
