@@ -27,8 +27,9 @@ def test_benchmark_quick_prints_side_by_side_table():
                   'backbone swin-t', 'backbone pvt-t'):
         assert group in out
     for case in ('core plain', 'core lean', 'mmdet ShiftWindowMSA w7', 'mmdet SRA sr8',
-                 'pola (lean core)', 'pola (plain core)', 'mmdet SwinTransformer',
-                 'PolaSwinTransformer', 'mmdet PVT-T', 'PolaPVT'):
+                 'pola_mm softmax window w7 shift 3', 'pola (lean core)', 'pola (plain core)',
+                 'mmdet SwinTransformer', 'PolaSwinTransformer (lean core)', 'mmdet PVT-T',
+                 'PolaPVT (lean core)'):
         assert f'| {case} |' in out, case
     assert 'fwd+bwd det / half-det (4x pixels)' in out
     assert 'device: cpu, 1 threads, fp32, batch 1' in out

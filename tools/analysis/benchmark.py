@@ -30,6 +30,7 @@ Usage::
 import argparse
 import contextlib
 import ctypes
+import logging
 import re
 import statistics
 import sys
@@ -44,14 +45,18 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
 
-from mmdet.models.backbones.pvt import PyramidVisionTransformer  # noqa: E402
-from mmdet.models.backbones.pvt import SpatialReductionAttention  # noqa: E402
-from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer  # noqa: E402
-
 import pola_mm.models.pola_attention as pola_attention_module  # noqa: E402
-from pola_mm.models import PolaLinearAttention, PolaPVT, PolaSwinTransformer  # noqa: E402
+from pola_mm.models import (PolaLinearAttention, PolaPVT, PolaSwinTransformer,  # noqa: E402
+                            ShiftWindowAttention)
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch  # noqa: E402
 from reference_pola import plain_polarity_attention  # noqa: E402
+
+try:  # mmdet's softmax baselines; a GPU box without a compiled mmcv still benchmarks Pola
+    from mmdet.models.backbones.pvt import PyramidVisionTransformer, SpatialReductionAttention
+    from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer
+    MMDET_ERROR = None
+except ImportError as error:
+    MMDET_ERROR = error
 
 SIZES = {'det': (800, 1344), 'seg': (512, 512), 'half-det': (400, 672)}
 QUICK_SIZES = {'det': (64, 128), 'seg': (64, 64), 'half-det': (32, 64)}
@@ -66,6 +71,11 @@ def core_functions(device: str) -> Dict[str, Callable]:
         from pola_mm.ops.pola_triton import polarity_linear_attention_triton
         cores['triton'] = polarity_linear_attention_triton
     return cores
+
+
+def fast_impls(device: str) -> Dict[str, str]:
+    """The models' own implementations (``attn_impl``) to compare: core name -> impl."""
+    return {'lean': 'torch', 'triton': 'triton'} if device == 'cuda' else {'lean': 'torch'}
 
 
 @contextlib.contextmanager
@@ -165,7 +175,8 @@ def tokens_input(batch: int, hw: Tuple[int, int], channels: int, device: str) ->
     return torch.randn(batch, hw[0] * hw[1], channels, device=device, requires_grad=True)
 
 
-def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str) -> List[Case]:
+def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
+                dtype: torch.dtype) -> List[Case]:
     """All cases; the stage-1 grid of an H x W image is (H / 4, W / 4)."""
     cases = []
     cores = core_functions(device)
@@ -186,10 +197,14 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str) -> L
             return module, lambda m: m(x, grid, identity=0.)
 
         def core_inputs(heads, dims, num_keys_div, grid=grid):
+            # as inside the layer under autocast: q and k are fp32 after the division by
+            # the fp32 scale, v comes from the autocast Linear
             tokens = grid[0] * grid[1]
-            q = torch.randn(batch, heads, tokens, dims, device=device, requires_grad=True)
-            k, v = (torch.randn(batch, heads, tokens // num_keys_div, dims, device=device,
-                                requires_grad=True) for _ in range(2))
+            q, k, v = (torch.randn(batch, heads, count, dims, device=device, dtype=t_dtype,
+                                   requires_grad=True)
+                       for count, t_dtype in ((tokens, torch.float32),
+                                              (tokens // num_keys_div, torch.float32),
+                                              (tokens // num_keys_div, dtype)))
             power = (1 + 4 * torch.rand(1, heads, 1, dims, device=device)).requires_grad_()
             return q, k, v, power
 
@@ -199,11 +214,11 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str) -> L
                 return nn.Identity(), lambda m: fn(q, k, v, power)
             return build
 
-        def swin_pola():
-            return PolaLinearAttention(96, 3, (56, 56), 'qkvg')
+        def swin_pola(impl='torch'):
+            return lambda: PolaLinearAttention(96, 3, (56, 56), 'qkvg', attn_impl=impl)
 
-        def pvt_pola():
-            return PolaLinearAttention(64, 1, (56, 56), 'qg_kv')
+        def pvt_pola(impl='torch'):
+            return lambda: PolaLinearAttention(64, 1, (56, 56), 'qg_kv', attn_impl=impl)
 
         def image_backbone(make, height=height, width=width):
             def build():
@@ -218,29 +233,42 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str) -> L
         for core_name, fn in cores.items():
             cases.append(Case(f'core {core_name}', group, core_case(fn, 1, 64)))
 
+        impls = fast_impls(device)
         group = f'{tag} stage-1 attention swin-t'
-        cases.append(Case('mmdet ShiftWindowMSA w7', group,
-                          attention(lambda: ShiftWindowMSA(96, 3, 7), 96)))
-        cases.append(Case('mmdet ShiftWindowMSA w7 shift 3', group,
-                          attention(lambda: ShiftWindowMSA(96, 3, 7, shift_size=3), 96)))
-        for core_name, fn in cores.items():
-            cases.append(Case(f'pola ({core_name} core)', group, attention(swin_pola, 96), fn))
+        if MMDET_ERROR is None:
+            cases.append(Case('mmdet ShiftWindowMSA w7', group,
+                              attention(lambda: ShiftWindowMSA(96, 3, 7), 96)))
+            cases.append(Case('mmdet ShiftWindowMSA w7 shift 3', group,
+                              attention(lambda: ShiftWindowMSA(96, 3, 7, shift_size=3), 96)))
+        cases.append(Case('pola_mm softmax window w7 shift 3', group,
+                          attention(lambda: ShiftWindowAttention(96, 3, 7, shift=True), 96)))
+        cases.append(Case('pola (plain core)', group, attention(swin_pola(), 96),
+                          plain_polarity_attention))
+        for core_name, impl in impls.items():
+            cases.append(Case(f'pola ({core_name} core)', group, attention(swin_pola(impl), 96)))
         group = f'{tag} stage-1 attention pvt-t'
-        cases.append(Case('mmdet SRA sr8', group, mmdet_sra))
-        for core_name, fn in cores.items():
-            cases.append(Case(f'pola ({core_name} core)', group, attention(pvt_pola, 64), fn))
+        if MMDET_ERROR is None:
+            cases.append(Case('mmdet SRA sr8', group, mmdet_sra))
+        cases.append(Case('pola (plain core)', group, attention(pvt_pola(), 64),
+                          plain_polarity_attention))
+        for core_name, impl in impls.items():
+            cases.append(Case(f'pola ({core_name} core)', group, attention(pvt_pola(impl), 64)))
 
         group = f'{tag} backbone swin-t'
-        cases.append(Case('mmdet SwinTransformer', group, image_backbone(
-            lambda: SwinTransformer(drop_path_rate=0.))))
-        cases.append(Case('PolaSwinTransformer', group,
-                          image_backbone(
-            lambda: PolaSwinTransformer('tiny', drop_path_rate=0.)), cores['lean']))
+        if MMDET_ERROR is None:
+            cases.append(Case('mmdet SwinTransformer', group, image_backbone(
+                lambda: SwinTransformer(drop_path_rate=0.))))
+        for core_name, impl in impls.items():
+            cases.append(Case(f'PolaSwinTransformer ({core_name} core)', group, image_backbone(
+                lambda impl=impl: PolaSwinTransformer('tiny', drop_path_rate=0.,
+                                                      attn_impl=impl))))
         group = f'{tag} backbone pvt-t'
-        cases.append(Case('mmdet PVT-T', group, image_backbone(
-            lambda: PyramidVisionTransformer(num_layers=[2, 2, 2, 2], drop_path_rate=0.))))
-        cases.append(Case('PolaPVT', group, image_backbone(lambda: PolaPVT('tiny', drop_path_rate=0.)),
-                          cores['lean']))
+        if MMDET_ERROR is None:
+            cases.append(Case('mmdet PVT-T', group, image_backbone(
+                lambda: PyramidVisionTransformer(num_layers=[2, 2, 2, 2], drop_path_rate=0.))))
+        for core_name, impl in impls.items():
+            cases.append(Case(f'PolaPVT ({core_name} core)', group, image_backbone(
+                lambda impl=impl: PolaPVT('tiny', drop_path_rate=0., attn_impl=impl))))
     return cases
 
 
@@ -294,11 +322,14 @@ def main(argv=None) -> str:
         raise RuntimeError('--device cuda but CUDA is not available')
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if MMDET_ERROR is not None:
+        print_log(f'mmdet baselines left out (mmdet does not import: {MMDET_ERROR})',
+                  level=logging.WARNING)
     sizes = {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
     repeat = 1 if args.quick else args.repeat
     meter = MemoryMeter(args.device)
     rows = []
-    for case in build_cases(sizes, args.batch, args.device):
+    for case in build_cases(sizes, args.batch, args.device, DTYPES[args.dtype]):
         if args.filter not in case.group:
             continue
         result = case.run(args.device, DTYPES[args.dtype], repeat, meter)
