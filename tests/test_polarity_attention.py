@@ -166,3 +166,17 @@ def test_bad_arguments_are_named():
     module = PolaLinearAttention(8, 2, (4, 4))
     with pytest.raises(ValueError, match='do not form the grid 3x4'):
         module(torch.randn(1, 10, 8), (3, 4))
+
+
+def test_attention_implementation_switch():
+    with pytest.raises(ValueError, match="attn_impl must be one of"):
+        PolaLinearAttention(8, 2, (4, 4), attn_impl='flash')
+    q, k, v = (torch.randn(1, 1, 6, 32) for _ in range(3))
+    power = torch.full((1, 1, 1, 32), 2.0)
+    # on CPU 'auto' is the PyTorch path; the kernels need CUDA (or Triton's interpreter)
+    torch.testing.assert_close(polarity_linear_attention(q, k, v, power, impl='auto'),
+                               polarity_linear_attention(q, k, v, power, impl='torch'))
+    from pola_mm.ops.pola_triton import triton_interpreted
+    if not triton_interpreted():
+        with pytest.raises(RuntimeError, match='CUDA'):
+            polarity_linear_attention(q, k, v, power, impl='triton')
