@@ -5,7 +5,7 @@ _base_ = [
     'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
     './_base_/coco_instance_ms-crop-3x.py',
     'mmdet::_base_/default_runtime.py',
-    './_base_/pola_backbones.py',
+    '../_base_/pola_backbones.py',
     './_base_/pola_adamw.py',
 ]
 model = dict(

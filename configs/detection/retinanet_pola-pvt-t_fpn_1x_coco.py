@@ -2,7 +2,7 @@
 # Paper (Table 2): box AP 39.5 (AP50 60.1, AP75 42.1).
 _base_ = [
     'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
-    './_base_/pola_backbones.py',
+    '../_base_/pola_backbones.py',
     './_base_/pola_adamw.py',
 ]
 model = dict(

@@ -1,7 +1,7 @@
 # Pola backbones with their ImageNet-1K checkpoints (README: which released file goes
-# where) and the FPN input channels they need. Bases may not share keys, so a config takes
-# them by name: `model = dict(backbone={{_base_.pola_pvt_tiny}},
-# neck=dict(in_channels={{_base_.pola_pvt_channels}}))`.
+# where) and the neck input channels they need, shared by the detection and segmentation
+# configs. Bases may not share keys, so a config takes them by name:
+# `model = dict(backbone={{_base_.pola_pvt_tiny}}, neck=dict(in_channels={{_base_.pola_pvt_channels}}))`.
 pola_pvt_tiny = dict(
     _delete_=True,
     type='pola_mm.PolaPVT',
