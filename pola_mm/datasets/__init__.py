@@ -1,0 +1,1 @@
+from . import seg_annotations  # noqa: F401  (registers LoadCheckedSegAnnotations)
