@@ -208,9 +208,9 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
             power = (1 + 4 * torch.rand(1, heads, 1, dims, device=device)).requires_grad_()
             return q, k, v, power
 
-        def core_case(fn, heads, dims):
+        def core_case(fn, heads, dims, grid=grid):
             def build():
-                q, k, v, power = core_inputs(heads, dims, 1)
+                q, k, v, power = core_inputs(heads, dims, 1, grid)
                 return nn.Identity(), lambda m: fn(q, k, v, power)
             return build
 
