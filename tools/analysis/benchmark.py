@@ -6,9 +6,11 @@ peak memory of a training step of
 * the attention core alone: the plain reference of the official math
   (``tests/reference_pola.py``), the lean PyTorch path and, on CUDA, the Triton kernels;
 * the stage-1 attention layers: Pola-Swin-T (C 96, 3 heads, global) and Pola-PVT-T
-  (C 64, 1 head, global) with the lean core and with the plain core, mmdet's Swin-T
-  window-7 attention (``ShiftWindowMSA``, plain and shifted) and PVT-T spatial-reduction
-  attention (``SpatialReductionAttention``, sr 8), all on the same stage-1 token grid;
+  (C 64, 1 head, global) with the plain core and with the models' own implementations
+  (``attn_impl='torch'``, and ``'triton'`` on CUDA), pola_mm's softmax window-7 attention
+  (Pola-Swin's 'S' stages, the same math as mmdet's), mmdet's Swin-T window-7 attention
+  (``ShiftWindowMSA``, plain and shifted) and PVT-T spatial-reduction attention
+  (``SpatialReductionAttention``, sr 8), all on the same stage-1 token grid;
 * whole backbones: Pola-Swin-T, mmdet Swin-T, Pola-PVT-T, mmdet PVT-T;
 
 at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmentation size
@@ -20,6 +22,10 @@ resident set (``VmHWM``, reset before each step through ``/proc/self/clear_refs`
 resident set before the step, with glibc told to serve every allocation >= 1 MiB by mmap
 so that freed tensors leave the resident set at once. Allocations are not sampled, so
 nothing is missed, but small (< 1 MiB) heap churn is counted at its high-water mark.
+
+mmdet's rows are left out, with a warning, where mmdet does not import (a GPU machine
+without a compiled mmcv). On CUDA the times are wall-clock per call after a
+``torch.cuda.synchronize()``, so at small batches they include the Python launch overhead.
 
 Usage::
 
