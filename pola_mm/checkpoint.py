@@ -4,11 +4,12 @@ Every file is read with torch's weights-only unpickler. The released training
 checkpoints also pickle the authors' yacs ``CfgNode`` config (and numpy scalars); those
 few names are mapped, for the duration of one load, to inert types (a ``CfgNode``
 becomes an ``OrderedDict``), so no yacs import is needed and nothing from the file runs.
+Checkpoints written by MMEngine (e.g. a classifier trained with ``tools/train.py``) are
+read with the objects it pickles allowed (:mod:`pola_mm.engine.checkpoint_safety`).
 Anything else that is not plain data is refused with an error naming the file.
 """
 import collections
 import os
-import pickle
 import re
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
+from .engine.checkpoint_safety import (check_checkpoint_integrity, checkpoint_read_errors,
+                                       local_checkpoint, mmengine_checkpoint_globals)
 from .models.pos_embed import resize_token_grid, square_grid_side
 
 # Names the released checkpoints pickle besides tensors and builtins, with the inert
@@ -34,21 +37,19 @@ RESIZABLE = ('positional_encoding', 'relative_position_bias_table', 'pos_embed')
 
 
 def load_checkpoint_file(path: str) -> Dict:
-    """Read a checkpoint with weights-only unpickling; clear errors for bad files."""
+    """Read a checkpoint with weights-only unpickling; clear errors for bad files.
+
+    Released files and those MMEngine writes (``tools/train.py``'s) are read; anything
+    else that is not plain data is refused. An ``http(s)://`` URL is downloaded first
+    (see :func:`pola_mm.engine.checkpoint_safety.local_checkpoint`).
+    """
+    path = local_checkpoint(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
-    try:
-        with torch.serialization.safe_globals(RELEASED_CHECKPOINT_GLOBALS):
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).split('WeightsUnpickler error:')[-1].strip().splitlines()[0]
-        raise RuntimeError(
-            f'refusing to load {path}: it is not a plain weights file ({reason}). '
-            'pola_mm only unpickles tensors and plain data; convert trusted files with '
-            'tools/convert_checkpoint.py') from None
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise RuntimeError(f'cannot read checkpoint {path}: it is truncated or not a '
-                           f'PyTorch checkpoint ({type(error).__name__}: {error})') from None
+    check_checkpoint_integrity(path)
+    with torch.serialization.safe_globals(RELEASED_CHECKPOINT_GLOBALS), \
+            mmengine_checkpoint_globals(), checkpoint_read_errors(path):
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     if not isinstance(checkpoint, Mapping):
         raise RuntimeError(f'checkpoint {path} holds a {type(checkpoint).__name__}, '
                            'not a dict of weights')

@@ -5,6 +5,9 @@ itself. ``--show``/``--show-dir`` switch on the scope's visualisation hook
 (``DetVisualizationHook``, ``SegVisualizationHook`` or mmpretrain's ``VisualizationHook``),
 ``--tta`` wraps the model in the config's ``tta_model`` with its ``tta_pipeline``, and
 ``--out`` dumps the predictions to a pickle (mmdet's ``DumpDetResults`` for detection).
+The checkpoint is read weights-only (an ``http(s)://`` URL is downloaded first) and must
+fit the model: :class:`pola_mm.engine.PolaRunner` loads it strictly, and a refused,
+corrupted or mismatched file fails naming it, before any image is evaluated.
 
 Example::
 

@@ -2,8 +2,10 @@
 
 The config's ``default_scope`` (mmdet, mmseg or mmpretrain) is initialised and ``pola_mm``
 is imported here, so configs need no ``custom_imports`` for the Pola backbones. Training
-runs in :class:`pola_mm.engine.PolaRunner` (safe resume on torch >= 2.6, gloo on CPU,
-pre-flight path checks) unless the config names its own ``runner_type``.
+runs in :class:`pola_mm.engine.PolaRunner` unless the config names its own ``runner_type``:
+checkpoints read weights-only and written atomically, ``--resume`` continuing where a
+killed run saved last (to the same weights, with a fixed seed), a stop at the first NaN or
+infinite loss, gloo on CPU and pre-flight checks of paths, datasets and images.
 
 Example::
 

@@ -1,0 +1,77 @@
+"""``pola_mm.AtomicCheckpointHook``: MMEngine's CheckpointHook that a kill cannot break.
+
+:class:`~pola_mm.engine.PolaRunner` uses it in place of MMEngine's ``CheckpointHook``
+(``default_hooks.checkpoint``), with the same arguments.
+"""
+import os.path as osp
+
+from mmengine.dist import is_main_process
+from mmengine.fileio import LocalBackend
+from mmengine.hooks import CheckpointHook
+
+from ..registry import register_hook
+from .atomic_write import remove_stale_temp_files, write_text_atomic
+
+LAST_CHECKPOINT = 'last_checkpoint'
+
+
+@register_hook
+class AtomicCheckpointHook(CheckpointHook):
+    """Save checkpoints as MMEngine's CheckpointHook does, so that a run killed at any
+    moment can resume from a complete checkpoint.
+
+    Differences from :class:`mmengine.hooks.CheckpointHook`:
+
+    * ``last_checkpoint`` (the file ``--resume`` reads) is replaced atomically, after the
+      checkpoint it names is complete, instead of being truncated and rewritten;
+    * with ``max_keep_ckpts``, an outdated checkpoint is deleted after the new one and
+      ``last_checkpoint`` are on disk; MMEngine deletes it first, so that a run killed
+      while saving could be left with no checkpoint at all;
+    * the temporary files of saves that an earlier run did not finish are deleted before
+      training.
+
+    The checkpoint file itself is written atomically by
+    :meth:`pola_mm.engine.PolaRunner.save_checkpoint`.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and isinstance(self.file_backend, LocalBackend):
+            stale = [path for pattern in (self.filename_tmpl.format('*'), 'best_*')
+                     for path in remove_stale_temp_files(self.out_dir, pattern)]
+            stale += remove_stale_temp_files(runner.work_dir, LAST_CHECKPOINT)
+            if stale:
+                runner.logger.info(f'Removed files of interrupted checkpoint saves: {stale}')
+
+    def _save_checkpoint_with_step(self, runner, step, meta) -> None:
+        outdated = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids
+                                            and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                outdated = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir,
+            ckpt_filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args)
+
+        if not is_main_process():
+            return
+        write_text_atomic(osp.join(runner.work_dir, LAST_CHECKPOINT), self.last_ckpt)
+        if outdated is not None:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # DeepSpeed saves directories
+                self.file_backend.rmtree(path)
