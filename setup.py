@@ -36,6 +36,8 @@ setup(
     ],
     extras_require={
         'tests': ['pytest'],
+        # tools/deployment/export_onnx.py: torch.onnx's dynamo exporter and the check
+        'deploy': ['onnx>=1.17', 'onnxscript>=0.7', 'onnxruntime>=1.17'],
     },
     classifiers=[
         'Programming Language :: Python :: 3',

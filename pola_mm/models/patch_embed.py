@@ -5,6 +5,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def padding_to_multiple(size: int, multiple: int) -> int:
+    """Padding that takes ``size`` to the next multiple of ``multiple`` (0 if it is one).
+
+    Written as a ceil division, not ``-size % multiple``: while a model is exported to
+    ONNX its sizes are symbols, and the modulo form doubles the length of the symbolic
+    sizes at every stage (export time grows with them).
+    """
+    return (size + multiple - 1) // multiple * multiple - size
+
+
 class PatchEmbed(nn.Module):
     """Conv patch embedding (kernel = stride = patch size) followed by a LayerNorm.
 
@@ -31,9 +41,9 @@ class PatchEmbed(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'expected a (B, {self.in_channels}, H, W) input, '
                              f'got shape {tuple(x.shape)}')
-        pad_h, pad_w = -x.shape[2] % self.patch_size, -x.shape[3] % self.patch_size
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        pad_h = padding_to_multiple(x.shape[2], self.patch_size)
+        pad_w = padding_to_multiple(x.shape[3], self.patch_size)
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # unconditional: an exported graph pads any size
         x = self.proj(x)
         hw_shape = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw_shape

@@ -1,5 +1,5 @@
 """Polarity-aware linear attention (PolaFormer), the token mixer of the 'L' stages."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,9 +87,10 @@ class PolaLinearAttention(nn.Module):
         self._pos_cache: Dict[tuple, Tensor] = {}
 
     def _positional_encoding(self, hw_shape: Tuple[int, int]) -> Tensor:
-        """(1, H*W, C) positional encoding for a key grid; cached per size in eval."""
+        """(1, H*W, C) positional encoding for a key grid; cached per size in eval (not
+        while exporting to ONNX: there the grid is symbolic and the resize is in the graph)."""
         table = self.positional_encoding
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
             return resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
         key = (hw_shape, table._version, table.device, table.dtype)
         if key not in self._pos_cache:

@@ -9,7 +9,7 @@ from ..registry import register_model
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
                              check_out_indices, freeze_module, parse_arch)
 from .block import PreNormBlock
-from .patch_embed import PatchEmbed
+from .patch_embed import PatchEmbed, padding_to_multiple
 from .pola_attention import PolaLinearAttention
 from .window_attention import ShiftWindowAttention
 
@@ -31,7 +31,7 @@ class PatchMerging(nn.Module):
         batch, _, channels = x.shape
         height, width = hw_shape
         x = x.view(batch, height, width, channels)
-        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = F.pad(x, (0, 0, 0, padding_to_multiple(width, 2), 0, padding_to_multiple(height, 2)))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
                       dim=-1)
         hw_shape = (x.shape[1], x.shape[2])

@@ -26,7 +26,10 @@ def resize_token_grid(tokens: Tensor, src_shape: Tuple[int, int], hw_shape: Tupl
     A table that already has the target size is returned unchanged (bit-exact). When the
     bicubic resize needs a gradient (training), it runs as two small matrix products
     (:func:`_separable_bicubic`), whose backward is dense too, instead of
-    ``F.interpolate``, whose backward scatters (atomics on CUDA).
+    ``F.interpolate``, whose backward scatters (atomics on CUDA). While a model is
+    exported to ONNX, the table is always interpolated with ``F.interpolate`` (a Resize
+    node), so that the graph resizes it for every input size (at the same size the
+    interpolation is an identity).
 
     Args:
         tokens (Tensor): (1, h*w, C) table.
@@ -37,9 +40,10 @@ def resize_token_grid(tokens: Tensor, src_shape: Tuple[int, int], hw_shape: Tupl
     Returns:
         Tensor: (1, H*W, C).
     """
-    if tuple(src_shape) == tuple(hw_shape):
+    exporting = torch.onnx.is_in_onnx_export()
+    if not exporting and tuple(src_shape) == tuple(hw_shape):
         return tokens
-    if mode == 'bicubic' and tokens.requires_grad and torch.is_grad_enabled():
+    if mode == 'bicubic' and tokens.requires_grad and torch.is_grad_enabled() and not exporting:
         return _separable_bicubic(tokens, src_shape, hw_shape)
     grid = tokens.float().reshape(1, *src_shape, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(hw_shape), mode=mode, align_corners=False)

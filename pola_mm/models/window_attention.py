@@ -1,10 +1,12 @@
 """Swin's (shifted) window softmax attention, used by Pola-Swin's 'S' stages."""
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
+
+from .patch_embed import padding_to_multiple
 
 MASK_VALUE = -100.
 
@@ -33,6 +35,17 @@ def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
+def cyclic_shift(x: Tensor, shift_h: int, shift_w: int) -> Tensor:
+    """``torch.roll(x, (-shift_h, -shift_w), dims=(1, 2))`` of a (B, H, W, C) map, for shifts
+    in [0, H] and [0, W], written as a gather so that the shifts may be symbolic values of
+    an exported graph."""
+    for dim, shift in ((1, shift_h), (2, shift_w)):
+        size = x.shape[dim]
+        index = torch.arange(size, device=x.device) + shift
+        x = x.index_select(dim, torch.where(index >= size, index - size, index))
+    return x
+
+
 class ShiftWindowAttention(nn.Module):
     """Multi-head softmax attention in (shifted) windows with a relative position bias.
 
@@ -42,6 +55,13 @@ class ShiftWindowAttention(nn.Module):
     cropped back. As in the official code, a map no larger than the window in its
     smaller side is attended in windows of ``min(H, W, window_size)`` without shift; the
     bias of a smaller window uses the matching offsets of the table.
+
+    While exporting to ONNX, the window is always ``window_size`` (the graph is exact for
+    maps of at least a window in both sides), the shift is a value computed from the map
+    size, not a branch, and the map gets one more fully padded row and column of windows:
+    torch.export specialises a graph on sizes of 1, and the traced map may be a single
+    window (Pola-Swin's 7x7 last stage at 224). Those windows are masked and cropped, so the
+    results are the same.
 
     Args:
         embed_dims (int): channels C.
@@ -92,24 +112,24 @@ class ShiftWindowAttention(nn.Module):
 
     @staticmethod
     def _mask(padded_hw: Tuple[int, int], hw_shape: Tuple[int, int], window_size: int,
-              shift_size: int, device: torch.device) -> Optional[Tensor]:
-        """(nW, w*w, w*w) additive mask separating shift regions and padding, or None."""
-        padded_h, padded_w = padded_hw
-        if shift_size == 0 and padded_hw == tuple(hw_shape):
-            return None
-        labels = torch.zeros(padded_h, padded_w, device=device)
-        if shift_size:
-            bounds = (slice(0, -window_size), slice(-window_size, -shift_size),
-                      slice(-shift_size, None))
-            for i, rows in enumerate(bounds):
-                for j, cols in enumerate(bounds):
-                    labels[rows, cols] = 3 * i + j
-        # padding in image coordinates, moved to where the cyclic shift puts it
-        padding = torch.ones(padded_h, padded_w, device=device)
-        padding[:hw_shape[0], :hw_shape[1]] = 0
-        padding = torch.roll(padding, (-shift_size, -shift_size), dims=(0, 1))
-        labels = labels + 9 * padding
-        windows = window_partition(labels[None, :, :, None], window_size).squeeze(-1)
+              shift_size: int, device: torch.device) -> Tensor:
+        """(nW, w*w, w*w) additive mask separating shift regions and padding.
+
+        Labels each row (and each column) of the map shifted by ``s <= H``: its region, 0 to
+        2 from the bounds ``P - w`` and ``P - s`` (one region when ``s = 0``), and whether
+        it is padding, which the shift moves from ``[H, P)`` to ``[H - s, P - s)``.
+        Comparisons, not slicing, so that ``s`` may be a symbolic value of an export.
+        """
+        def labels(padded: int, size: int) -> Tuple[Tensor, Tensor]:
+            index = torch.arange(padded, device=device)
+            region = (index >= padded - window_size).long() + (index >= padded - shift_size).long()
+            return region, (index >= size - shift_size) & (index < padded - shift_size)
+
+        rows, padded_rows = labels(padded_hw[0], hw_shape[0])
+        cols, padded_cols = labels(padded_hw[1], hw_shape[1])
+        padding = padded_rows[:, None] | padded_cols[None, :]
+        grid = 3 * rows[:, None] + cols[None, :] + 9 * padding.long()
+        windows = window_partition(grid[None, :, :, None], window_size).squeeze(-1)
         different = windows[:, :, None] != windows[:, None, :]
         return different.float() * MASK_VALUE
 
@@ -124,15 +144,25 @@ class ShiftWindowAttention(nn.Module):
         """
         batch, num_tokens, channels = x.shape
         height, width = hw_shape
-        window_size = min(self.window_size, height, width)
-        shift_size = self.window_size // 2 if self.shift and min(height, width) > window_size \
-            else 0
-        pad_h, pad_w = -height % window_size, -width % window_size
+        exporting = torch.onnx.is_in_onnx_export()
+        if exporting:  # one window size, one more padded row and column of windows
+            window_size, extra = self.window_size, self.window_size
+        else:
+            window_size, extra = min(self.window_size, height, width), 0
+        shift_size = 0
+        if self.shift:  # w // 2 unless the map fits in a window: a value, not a branch
+            shift_size = torch.sym_ite(
+                torch.sym_min(height, width) > window_size, self.window_size // 2, 0)
+        pad_h = padding_to_multiple(height, window_size) + extra
+        pad_w = padding_to_multiple(width, window_size) + extra
         x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, pad_w, 0, pad_h))
         padded_hw = (height + pad_h, width + pad_w)
-        if shift_size:
-            x = torch.roll(x, (-shift_size, -shift_size), dims=(1, 2))
-        mask = self._mask(padded_hw, hw_shape, window_size, shift_size, x.device)
+        shifted = exporting or shift_size > 0
+        if shifted:
+            x = cyclic_shift(x, shift_size, shift_size)
+        mask = None
+        if shifted or pad_h or pad_w:
+            mask = self._mask(padded_hw, hw_shape, window_size, shift_size, x.device)
 
         windows = window_partition(x, window_size)  # (B*nW, w*w, C)
         qkv = self.qkv(windows).reshape(windows.shape[0], -1, 3, self.num_heads,
@@ -150,8 +180,8 @@ class ShiftWindowAttention(nn.Module):
         windows = self.proj_drop(self.proj(windows))
 
         x = window_reverse(windows, window_size, *padded_hw)
-        if shift_size:
-            x = torch.roll(x, (shift_size, shift_size), dims=(1, 2))
+        if shifted:
+            x = cyclic_shift(x, padded_hw[0] - shift_size, padded_hw[1] - shift_size)
         return x[:, :height, :width].reshape(batch, num_tokens, channels)
 
     def extra_repr(self) -> str:

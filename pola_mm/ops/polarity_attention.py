@@ -4,12 +4,16 @@ Two implementations compute the same function: the lean PyTorch path
 (:mod:`pola_mm.ops.pola_torch`, any device, any even head dims) and fused Triton kernels
 (:mod:`pola_mm.ops.pola_triton`, CUDA, head dims 16/32/64/128). ``impl='auto'`` takes the
 kernels wherever they apply and PyTorch elsewhere; a model selects one with its
-``attn_impl`` argument. The plain form of the official code is kept only as the tests'
-reference (``tests/reference_pola.py``).
+``attn_impl`` argument. While a model is exported to ONNX, whatever its ``attn_impl``,
+the graph records the lean path's forward in plain tensor operations
+(:func:`polarity_linear_attention_traceable`). The plain form of the official code is kept
+only as the tests' reference (``tests/reference_pola.py``).
 """
+import torch
 from torch import Tensor
 
-from .pola_torch import polarity_linear_attention_torch
+from .pola_torch import (_mix_streams, _normalise, check_polarity_inputs, polarity_features,
+                         polarity_linear_attention_torch)
 
 ATTENTION_IMPLS = ('auto', 'torch', 'triton')
 
@@ -64,7 +68,35 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
         from the opp stream.
     """
     check_attention_impl(impl)
+    if torch.onnx.is_in_onnx_export():
+        return polarity_linear_attention_traceable(q, k, v, power, eps)
     if impl == 'triton' or (impl == 'auto' and _triton_applies(q, k, v)):
         from .pola_triton import polarity_linear_attention_triton
         return polarity_linear_attention_triton(q, k, v, power, eps)
     return polarity_linear_attention_torch(q, k, v, power, eps)
+
+
+def polarity_linear_attention_traceable(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
+                                        eps: float = 1e-6) -> Tensor:
+    """The lean path's forward (:mod:`.pola_torch`'s feature map, mixing matrix and
+    normalisation) in plain tensor operations, for inference graphs exported to ONNX.
+
+    The lean path runs as a custom autograd Function, and its ``sign(x) |x|^p`` is a
+    ``copysign``, which has no ONNX operator; here it is ``|x|^p * sign(x)`` (the same
+    value: both vanish at 0). The feature map writes into slices of one tensor, so this
+    runs without autograd. Same arguments and result as
+    :func:`polarity_linear_attention`, computed in float32.
+    """
+    check_polarity_inputs(q, k, v, power)
+    power = power.float()
+
+    def features(x: Tensor) -> Tensor:  # (B, h, L, d) -> (B, h, L, 2d)
+        x = x.float()
+        return polarity_features(x.abs().pow(power) * x.sign())
+
+    with torch.no_grad():
+        keys = features(k)
+        kv = keys.transpose(-2, -1) @ v.float() / k.shape[-2]
+        mixing = _mix_streams(kv, keys.mean(dim=-2).unsqueeze(-1))  # (B, h, 2d, d + 2)
+        out, _ = _normalise(features(q) @ mixing, eps)
+    return out.to(q.dtype)

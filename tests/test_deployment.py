@@ -1,0 +1,238 @@
+"""ONNX export (tools/deployment/export_onnx.py) with dynamic batch, height and width.
+
+Backbones of the released architectures (random weights) and a segmentor built from a
+segmentation config are exported once at one size and run in onnxruntime at two sizes;
+their outputs must equal PyTorch's within 1e-4 (relative to the largest output). The
+export-only code paths of the models are also checked in PyTorch against the eager ones.
+"""
+import os.path as osp
+import sys
+
+import onnx
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import MODELS, init_default_scope
+
+from pola_mm.models import PolaPVT, PolaSwinTransformer
+from pola_mm.ops.polarity_attention import polarity_linear_attention_traceable
+from pola_mm.ops.pola_torch import polarity_linear_attention_torch
+
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SEG_CONFIG = osp.join(REPO, 'configs', 'segmentation',
+                      'fpn_pola-pvt-tiny_8xb2-40k_ade20k-512x512.py')
+UPERNET_CONFIG = osp.join(REPO, 'configs', 'segmentation',
+                          'upernet_pola-swin-tiny_8xb2-160k_ade20k-512x512.py')
+TOLERANCE = 1e-4
+SMALL_SEGMENTOR = """
+_base_ = [{base!r}]
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, embed_dims=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                            num_heads=[1, 1, 2, 2], mlp_ratios=[2, 2, 2, 2]),
+                  init_cfg=None),
+    neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
+    decode_head=dict(in_channels=[32, 32, 32, 32], channels=16, norm_cfg=norm_cfg,
+                     num_classes=5))
+"""
+
+
+sys.path.insert(0, osp.join(REPO, 'tools', 'deployment'))
+import export_onnx as export_tool  # noqa: E402
+
+
+def perturb_pola_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values for what the official initialisation leaves at zero (Pola scale,
+    power and positional tables), so that the attention is not a trivial one."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(('.scale', '.power', 'positional_encoding', 'pos_embed1',
+                              'pos_embed2', 'pos_embed3', 'pos_embed4')):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    return model.eval()
+
+
+def test_traceable_core_equals_lean_path():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 8, generator=generator) for n in (63, 15, 15))
+    power = 1 + 4 * torch.rand(1, 3, 1, 8, generator=generator)
+    expected = polarity_linear_attention_torch(q, k, v, power)
+    torch.testing.assert_close(polarity_linear_attention_traceable(q, k, v, power), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('size', [(193, 250), (224, 224), (320, 480), (97, 131)])
+def test_export_paths_equal_eager_model(size, monkeypatch):
+    """What the graph computes (always padded, resized and shifted as values, one window
+    size, an extra padded row and column of windows) equals the eager model wherever
+    minimum_input_size allows it."""
+    torch.manual_seed(0)
+    swin = PolaSwinTransformer(dict(embed_dims=16, depths=[1, 1, 2, 2], num_heads=[1, 1, 2, 2]))
+    pvt = PolaPVT(dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                       num_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]))
+    image = torch.randn(2, 3, *size)
+    for model in (perturb_pola_parameters(swin), perturb_pola_parameters(pvt)):
+        if min(size) < export_tool.minimum_input_size(model):
+            continue
+        with torch.no_grad():
+            expected = model(image)
+            monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+            exported = model(image)
+            monkeypatch.undo()
+        for got, want in zip(exported, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_minimum_input_size_is_where_windows_shrink(monkeypatch):
+    """Below 32 * (7 - 1) + 1 = 193 px per side the eager Pola-Swin-T attends its last
+    stage in smaller windows (6 x 6 here, where the graph keeps 7 x 7 ones): the tool
+    refuses those sizes."""
+    swin = perturb_pola_parameters(PolaSwinTransformer(
+        dict(embed_dims=16, depths=[1, 1, 2, 2], num_heads=[1, 1, 2, 2])))
+    assert export_tool.minimum_input_size(swin) == 193
+    assert export_tool.minimum_input_size(PolaPVT('tiny')) == 32
+    image = torch.randn(1, 3, 192, 300)
+    with torch.no_grad():
+        eager = swin(image)[-1]
+        monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+        assert not torch.allclose(swin(image)[-1], eager, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match='below 193 px'):
+        export_tool.check_sizes(swin, [(192, 300)])
+
+
+@pytest.mark.parametrize('build', [lambda: PolaPVT('tiny'), lambda: PolaSwinTransformer('tiny')],
+                         ids=['pola-pvt-t', 'pola-swin-t'])
+def test_backbone_graph_has_dynamic_sizes(build, tmp_path):
+    """Exported at 224 x 224, the graph runs at 224 x 224 and 320 x 480 (batch 1, traced
+    with 2) with the four stage maps of PyTorch."""
+    torch.manual_seed(0)
+    backbone = build()
+    backbone.init_weights()
+    backbone = perturb_pola_parameters(backbone)
+    path = str(tmp_path / 'backbone.onnx')
+    names = export_tool.export_onnx(backbone, path, (224, 224))
+    assert names == ['feat0', 'feat1', 'feat2', 'feat3']
+
+    graph = onnx.load(path)
+    assert [(op.domain, op.version) for op in graph.opset_import if op.domain == ''] == [('', 20)]
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 3, 'height', 'width']
+
+    results = export_tool.compare_with_onnxruntime(backbone, path, [(224, 224), (320, 480)])
+    assert [shape for shape, _ in results] == [(1, 3, 224, 224), (1, 3, 320, 480)]
+    for shape, differences in results:
+        assert len(differences) == 4
+        assert max(differences) < TOLERANCE, (shape, differences)
+
+
+def _random_checkpoint(config: str, scope: str, path: str) -> None:
+    cfg = Config.fromfile(config)
+    init_default_scope(scope)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save(dict(state_dict=perturb_pola_parameters(model).state_dict(),
+                    meta=dict(dataset_meta=dict(classes=list('abcde')))), path)
+
+
+def test_segmentor_graph_from_config(tmp_path, capsys):
+    """The Semantic FPN config's whole-image logits, exported at 128 x 128, match
+    PyTorch at 128 x 128 and 96 x 160; its head's upsampling (an int() of the size in
+    mmseg) is replaced by the same resize with a symbolic size."""
+    config = str(tmp_path / 'segmentor.py')
+    with open(config, 'w') as f:
+        f.write(SMALL_SEGMENTOR.format(base=SEG_CONFIG))
+    checkpoint = str(tmp_path / 'segmentor.pth')
+    _random_checkpoint(config, 'mmseg', checkpoint)
+
+    model, cfg = export_tool.build_model(config, checkpoint)
+    image = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        before = model.encode_decode(image, [dict(img_shape=image.shape[2:])])
+        module = export_tool.exported_module(model, cfg.default_scope, 'model')
+        after = module(image)
+    assert any(isinstance(m, export_tool.IntegralUpsample) for m in module.modules())
+    assert after.shape == (1, 5, 96, 160)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+    out = str(tmp_path / 'onnx' / 'segmentor.onnx')
+    _, results = export_tool.main([
+        config, checkpoint, '--out', out, '--shape', '128', '128', '--check-shape', '128',
+        '128', '--check-shape', '96', '160'
+    ])
+    printed = capsys.readouterr().out
+    assert 'opset 20' in printed and 'seg_logits' in printed
+    assert [shape for shape, _ in results] == [(1, 3, 128, 128), (1, 3, 96, 160)]
+    for shape, differences in results:
+        assert max(differences) < TOLERANCE, (shape, differences)
+    metadata = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert metadata['part'] == 'model' and metadata['mean'] == str(cfg.model.data_preprocessor.mean)
+
+
+SMALL_PVT = """
+    backbone=dict(init_cfg=None, arch=dict(_delete_=True, embed_dims=[16, 32, 48, 64],
+                  depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2])),
+"""
+SMALL_MODELS = {
+    'detection/retinanet_pola-pvt-t_fpn_1x_coco.py': ('mmdet', """
+model = dict(%s
+    neck=dict(in_channels=[16, 32, 48, 64], out_channels=16),
+    bbox_head=dict(in_channels=16, feat_channels=16, num_classes=4))
+""" % SMALL_PVT, ['feat0', 'feat1', 'feat2', 'feat3', 'feat4']),
+    'classification/pola-pvt-tiny_in1k-pre_8xb32_custom.py': ('mmpretrain', """
+model = dict(%s
+    head=dict(num_classes=3, in_channels=64))
+""" % SMALL_PVT, ['logits']),
+}
+
+
+@pytest.mark.parametrize('base', sorted(SMALL_MODELS), ids=lambda base: base.split('/')[0])
+def test_detector_and_classifier_graphs(base, tmp_path, capsys):
+    """A detector's backbone + neck (five FPN levels) and a classifier's logits, from the
+    released configs with a small backbone, at two sizes."""
+    scope, text, names = SMALL_MODELS[base]
+    config = str(tmp_path / 'model.py')
+    with open(config, 'w') as f:
+        f.write(f'_base_ = [{osp.join(REPO, "configs", base)!r}]\n' + text)
+    checkpoint = str(tmp_path / 'model.pth')
+    _random_checkpoint(config, scope, checkpoint)
+    out, results = export_tool.main([config, checkpoint, '--shape', '96', '96',
+                                     '--check-shape', '64', '128'])
+    assert out == str(tmp_path / 'model.onnx')
+    assert [o.name for o in onnx.load(out).graph.output] == names
+    assert f'({scope})' in capsys.readouterr().out
+    ((shape, differences), ) = results
+    assert shape == (1, 3, 64, 128) and len(differences) == len(names)
+    assert max(differences) < TOLERANCE
+
+
+def test_fixed_grid_pooling_is_refused():
+    """UPerHead's pooling pyramid has no ONNX form for dynamic sizes: refused, naming it."""
+    cfg = Config.fromfile(UPERNET_CONFIG)
+    cfg.model.backbone.arch = dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
+    cfg.model.backbone.init_cfg = None
+    cfg.model.decode_head.update(in_channels=[16, 32, 64, 128], channels=16,
+                                 norm_cfg=dict(type='BN'))
+    cfg.model.auxiliary_head.update(in_channels=64, channels=16, norm_cfg=dict(type='BN'))
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model).eval()
+    with pytest.raises(ValueError, match=r'decode_head\.psp_modules\.1\.0.*--part backbone'):
+        export_tool.exported_module(model, 'mmseg', 'model')
+    assert export_tool.exported_module(model, 'mmseg', 'backbone') is model.backbone
+
+
+def test_bad_files_are_named(tmp_path):
+    config = str(tmp_path / 'segmentor.py')
+    with open(config, 'w') as f:
+        f.write(SMALL_SEGMENTOR.format(base=SEG_CONFIG))
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        export_tool.build_model(config, str(tmp_path / 'missing.pth'))
+    other = str(tmp_path / 'other.pth')
+    torch.save(dict(state_dict=dict(weight=torch.zeros(3))), other)
+    with pytest.raises(RuntimeError, match=r'other\.pth does not fit the model.*segmentor\.py'):
+        export_tool.build_model(config, other)
+    broken = tmp_path / 'broken.pth'
+    broken.write_bytes(b'not a checkpoint')
+    with pytest.raises(RuntimeError, match='broken.pth'):
+        export_tool.build_model(config, str(broken))
