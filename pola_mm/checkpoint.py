@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from .engine.checkpoint_safety import (check_checkpoint_integrity, checkpoint_read_errors,
-                                       local_checkpoint, mmengine_checkpoint_globals)
+from .engine.checkpoint_safety import read_checkpoint
 from .models.pos_embed import resize_token_grid, square_grid_side
 
 # Names the released checkpoints pickle besides tensors and builtins, with the inert
@@ -43,13 +42,10 @@ def load_checkpoint_file(path: str) -> Dict:
     else that is not plain data is refused. An ``http(s)://`` URL is downloaded first
     (see :func:`pola_mm.engine.checkpoint_safety.local_checkpoint`).
     """
-    path = local_checkpoint(path)
-    if not os.path.isfile(path):
+    if '://' not in path and not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
-    check_checkpoint_integrity(path)
-    with torch.serialization.safe_globals(RELEASED_CHECKPOINT_GLOBALS), \
-            mmengine_checkpoint_globals(), checkpoint_read_errors(path):
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    with torch.serialization.safe_globals(RELEASED_CHECKPOINT_GLOBALS):
+        checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping):
         raise RuntimeError(f'checkpoint {path} holds a {type(checkpoint).__name__}, '
                            'not a dict of weights')
@@ -186,6 +182,25 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor],
     report['new'] = sorted(set(own) - set(to_load))
     model.load_state_dict(to_load, strict=False)
     return report
+
+
+def load_model_checkpoint(model: nn.Module, path: str) -> Dict[str, List[str]]:
+    """Load a checkpoint of a whole model (MMEngine's, as ``tools/train.py`` writes it:
+    weights under 'state_dict', a ``module.`` prefix from distributed training removed)
+    into ``model``, strictly (positional tables of another grid are resized, see
+    :func:`load_into`). For tools that use a trained model outside a runner.
+
+    Raises:
+        FileNotFoundError / RuntimeError: naming ``path`` when it is missing, refused,
+            unreadable, or does not fit ``model``.
+    """
+    checkpoint = load_checkpoint_file(path)
+    weights = checkpoint.get('state_dict', checkpoint)
+    weights = {re.sub(r'^module\.', '', key): value for key, value in weights.items()}
+    try:
+        return load_into(model, weights)
+    except RuntimeError as error:
+        raise RuntimeError(f'{path} does not fit the model: {error}') from None
 
 
 def load_pretrained_backbone(backbone: nn.Module, path: str) -> Dict[str, List[str]]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import HistoryBuffer, print_log
+from mmengine.runner.checkpoint import _load_checkpoint
 
 # MMEngine's schemes that resolve to URLs read by torch.hub with unrestricted unpickling.
 UNSAFE_SCHEMES = ('modelzoo://', 'torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://')
@@ -163,3 +164,17 @@ def check_checkpoint_integrity(path: str) -> None:
                             pass
     except (zipfile.BadZipFile, EOFError, OSError) as error:
         raise RuntimeError(f'cannot read checkpoint {path}: it is corrupted ({error})') from None
+
+
+def read_checkpoint(filename: str, map_location='cpu'):
+    """Read a checkpoint as MMEngine does (local files, file backends' URIs, URLs), but
+    safely: an ``http(s)://`` URL is downloaded first (:func:`local_checkpoint`), a local
+    file's CRC-32 codes are checked (:func:`check_checkpoint_integrity`), and it is
+    unpickled weights-only with MMEngine's own objects allowed
+    (:func:`mmengine_checkpoint_globals`); errors name ``filename``
+    (:func:`checkpoint_read_errors`). Globals allowed by an enclosing
+    ``torch.serialization.safe_globals`` block are allowed too."""
+    source = local_checkpoint(filename)
+    check_checkpoint_integrity(source)
+    with mmengine_checkpoint_globals(), checkpoint_read_errors(filename):
+        return _load_checkpoint(source, map_location=map_location)

@@ -29,12 +29,11 @@ from mmengine.hooks import CheckpointHook
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import BaseLoop, Runner
-from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from torch.utils.data import DataLoader
 
 from .atomic_write import atomic_write
-from .checkpoint_safety import (check_checkpoint_integrity, checkpoint_read_errors,
-                                local_checkpoint, mmengine_checkpoint_globals)
+from .checkpoint_safety import read_checkpoint
 from .preflight import check_sample_files, check_training_paths, describe_dataset
 
 # The default hooks PolaRunner adds to MMEngine's, or puts in place of them.
@@ -154,10 +153,7 @@ class PolaRunner(Runner):
         """
         if strict is None:
             strict = not self._fine_tuning()
-        source = local_checkpoint(filename)
-        check_checkpoint_integrity(source)
-        with mmengine_checkpoint_globals(), checkpoint_read_errors(filename):
-            checkpoint = _load_checkpoint(source, map_location=map_location)
+        checkpoint = read_checkpoint(filename, map_location)
         if not isinstance(checkpoint, dict):
             raise RuntimeError(f'{filename} holds a {type(checkpoint).__name__}, not a '
                                'checkpoint dict')
