@@ -65,3 +65,11 @@ def test_released_arch_parameters_match_the_official_counts():
     assert round(backbone['params'] / 1e6, 2) == 12.41
     # the attention is linear in the tokens, so FLOPs scale with pixels (21.3x here)
     assert 18 < backbone['flops'] / classifier['flops'] < 22
+
+
+def test_swin_flops_count_the_window_stages():
+    """Pola-Swin-T at 224: the 'S' stages' window attention traces too (29.29M
+    parameters with the head, computed from the official checkpoints' shapes)."""
+    classifier = complexity('pola_swin_tiny', (224, 224))
+    assert round(classifier['params'] / 1e6, 2) == 29.29
+    assert 4e9 < classifier['flops'] < 5.5e9

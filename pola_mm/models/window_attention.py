@@ -145,14 +145,15 @@ class ShiftWindowAttention(nn.Module):
         batch, num_tokens, channels = x.shape
         height, width = hw_shape
         exporting = torch.onnx.is_in_onnx_export()
-        if exporting:  # one window size, one more padded row and column of windows
+        if exporting:  # one window size, one more padded row and column of windows, and
+            # the shift (w // 2 unless the map fits in a window) a value, not a branch
             window_size, extra = self.window_size, self.window_size
+            shift_size = torch.sym_ite(torch.sym_min(height, width) > window_size,
+                                       self.window_size // 2, 0) if self.shift else 0
         else:
             window_size, extra = min(self.window_size, height, width), 0
-        shift_size = 0
-        if self.shift:  # w // 2 unless the map fits in a window: a value, not a branch
-            shift_size = torch.sym_ite(
-                torch.sym_min(height, width) > window_size, self.window_size // 2, 0)
+            shift_size = self.window_size // 2 if self.shift and min(height, width) > \
+                window_size else 0
         pad_h = padding_to_multiple(height, window_size) + extra
         pad_w = padding_to_multiple(width, window_size) + extra
         x = F.pad(x.view(batch, height, width, channels), (0, 0, 0, pad_w, 0, pad_h))
