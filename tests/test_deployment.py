@@ -58,9 +58,12 @@ def test_traceable_core_equals_lean_path():
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 8, generator=generator) for n in (63, 15, 15))
     power = 1 + 4 * torch.rand(1, 3, 1, 8, generator=generator)
-    expected = polarity_linear_attention_torch(q, k, v, power)
-    torch.testing.assert_close(polarity_linear_attention_traceable(q, k, v, power), expected,
-                               rtol=1e-5, atol=1e-6)
+    scale = 0.5 + torch.rand(1, 3, 1, 8, generator=generator)
+    for divisor in (None, scale):
+        expected = polarity_linear_attention_torch(q, k, v, power, scale=divisor)
+        torch.testing.assert_close(
+            polarity_linear_attention_traceable(q, k, v, power, scale=divisor), expected,
+            rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('size', [(193, 250), (224, 224), (320, 480), (97, 131)])

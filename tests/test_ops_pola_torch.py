@@ -45,6 +45,33 @@ def test_fp32_forward_and_gradients_match_reference(shape):
         assert rel_err(ours, theirs) < 1e-5, name
 
 
+@pytest.mark.parametrize('scale_shape', [(1, 2, 1, 32), (1, 1, 1, 32), (1, 2, 1, 1)])
+def test_scale_is_folded_exactly(scale_shape):
+    """``scale`` divides q and k before the maps; folded into the small matrices it must give
+    the reference's output and gradients, the scale's own included."""
+    inputs, grad = make_inputs(2, 2, 21, 13, 32, torch.float32, seed=11)
+    scale = 0.3 + 2 * torch.rand(scale_shape, generator=torch.Generator().manual_seed(12))
+    out, grads = forward_backward(
+        lambda q, k, v, power, scale: polarity_linear_attention_torch(q, k, v, power,
+                                                                      scale=scale),
+        inputs + [scale], grad)
+    ref, ref_grads = forward_backward(
+        lambda q, k, v, power, scale: plain_polarity_attention(q / scale, k / scale, v, power),
+        [t.double() for t in inputs + [scale]], grad.double())
+    assert rel_err(out, ref) < 1e-5
+    for name, ours, theirs in zip(('q', 'k', 'v', 'power', 'scale'), grads, ref_grads):
+        assert ours.shape == theirs.shape, name
+        assert rel_err(ours, theirs) < 1e-5, name
+
+
+def test_output_merges_heads_without_copy():
+    """The output is laid out as (B, N, h, d): merging the heads is a view."""
+    inputs, _ = make_inputs(2, 3, 10, 7, 8, torch.float32, seed=13)
+    out = polarity_linear_attention_torch(*inputs)
+    merged = out.transpose(1, 2).reshape(2, 10, 24)
+    assert merged.data_ptr() == out.data_ptr() and merged.is_contiguous()
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 def test_half_inputs_match_reference(dtype):
     inputs, grad = make_inputs(2, 2, 33, 17, 32, dtype, seed=3)

@@ -59,7 +59,30 @@ def compare_all(device='cpu'):
             for name, ours, theirs in zip('qkvp', grads, ref_grads):
                 errors[name] = rel_err(ours, theirs)
             results[str(case) + dtype] = errors
+    results['scale'] = compare_scaled_dispatch(device)
     return results
+
+
+def compare_scaled_dispatch(device):
+    """Errors of ``polarity_linear_attention(..., impl='triton', scale=s)`` (which divides q
+    and k before the kernels) against the reference of q / s and k / s, in float64."""
+    from pola_mm.ops.polarity_attention import polarity_linear_attention
+    from reference_pola import plain_polarity_attention
+    from test_ops_pola_torch import forward_backward, rel_err
+    shape = CASES[0][:5]
+    inputs, grad = kernel_inputs(shape, 'float32', seed=1)
+    scale = 0.5 + torch.rand(1, shape[1], 1, shape[4], generator=torch.Generator().manual_seed(2))
+    inputs, grad = [t.to(device) for t in inputs + [scale]], grad.to(device)
+    out, grads = forward_backward(
+        lambda q, k, v, p, s: polarity_linear_attention(q, k, v, p, impl='triton', scale=s),
+        inputs, grad)
+    ref, ref_grads = forward_backward(
+        lambda q, k, v, p, s: plain_polarity_attention(q / s, k / s, v, p),
+        [t.double() for t in inputs], grad.double())
+    errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
+    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
+        errors[name] = rel_err(ours, theirs)
+    return errors
 
 
 @pytest.fixture(scope='module')
@@ -96,6 +119,14 @@ def test_kernels_match_reference(interpreter_results, case, dtype):
 @pytest.mark.parametrize('case', CASES)
 def test_compiled_kernels_match_reference_on_cuda(cuda_results, case, dtype):
     check_errors(cuda_results[str(case) + dtype], dtype)
+
+
+def test_dispatch_divides_by_scale_before_kernels(interpreter_results):
+    check_errors(interpreter_results['scale'], 'float32')
+
+
+def test_compiled_dispatch_divides_by_scale_on_cuda(cuda_results):
+    check_errors(cuda_results['scale'], 'float32')
 
 
 def test_triton_path_refuses_cpu_tensors_without_interpreter():

@@ -20,7 +20,7 @@ class PolaLinearAttention(nn.Module):
     latter optionally on a grid reduced by a strided conv ``sr`` + LayerNorm ``norm``).
 
     Forward: ``k += positional_encoding`` (resized bicubically from its pretraining
-    grid to the key grid), q and k divided by ``softplus(scale)``,
+    grid to the key grid), q and k divided by ``softplus(scale)`` (inside the core),
     :func:`polarity_linear_attention` with ``power = 1 + alpha * sigmoid(power)``, plus a
     depthwise conv ``dwc`` on v (kernel ``kernel_size``, shared by all heads), times the
     gate g, then ``proj``.
@@ -129,15 +129,15 @@ class PolaLinearAttention(nn.Module):
             raise ValueError(f'{num_tokens} tokens do not form the grid {height}x{width}')
         q, k, v, g, kv_hw = self._project(x, hw_shape)
         k = k + self._positional_encoding(kv_hw)
-        scale = F.softplus(self.scale)
         power = 1 + self.alpha * torch.sigmoid(self.power)
 
         def heads(t: Tensor) -> Tensor:  # (B, L, C) -> (B, h, L, d)
-            return t.reshape(batch, -1, self.num_heads, self.head_dims).transpose(1, 2)
+            return t.reshape(t.shape[0], -1, self.num_heads, self.head_dims).transpose(1, 2)
 
         v = heads(v)
-        out = polarity_linear_attention(heads(q / scale), heads(k / scale), v, power,
-                                        impl=self.attn_impl)
+        out = polarity_linear_attention(heads(q), heads(k), v, power,
+                                        impl=self.attn_impl,
+                                        scale=heads(F.softplus(self.scale)))
         out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
 
         if self.sr_ratio > 1:  # official: 1-D linear interpolation over flattened tokens

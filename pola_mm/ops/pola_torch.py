@@ -1,32 +1,39 @@
 """Lean PyTorch implementation of the polarity-aware linear attention core.
 
-The plain form materialises four polarity maps, two concatenated query maps and two
-``K^T V`` products. Here the same result comes from one feature map per input and one
-pair of matrix products, using two facts:
+The plain form materialises four polarity maps, two concatenated (B, h, L, 2d) query maps
+and two ``K^T V`` products. Here no 2d-wide map exists at all; the same result comes from
+one ``(B, h, L, d)`` signed power per input and products with small (d, *) matrices:
 
+* ``relu(x)^p`` and ``relu(-x)^p`` have disjoint supports, so with the signed power
+  ``s = sign(x) |x|^p`` they are ``relu(s)`` and ``relu(-s)``: two clamps of one tensor.
+* The keys enter only through ``k+^T v``, ``k-^T v`` (d, d) and the means of ``k+`` and
+  ``k-`` (d,): :class:`KeyStatistics`.
 * ``q_opp = [q-, q+]`` is a channel permutation of ``q_sim = [q+, q-]``, so both streams
-  read the same ``Q = [q+, q-]`` (B, h, N, 2d) and only the small (2d, *) right-hand
-  matrix differs. Writing ``P = k+^T v / n``, ``M = k-^T v / n`` (d x d) and
-  ``m± = mean_j k±[j]``, the sim numerator is ``q+ P[:, :d/2] + q- M[:, :d/2]``, the opp
-  numerator ``q- P[:, d/2:] + q+ M[:, d/2:]`` and the normalisers ``q+ m+ + q- m-`` and
-  ``q+ m- + q- m+``; they are the d + 2 columns of one product ``Q @ W`` with
-  ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2).
-* ``relu(x)^p`` and ``relu(-x)^p`` have disjoint supports, so one ``|x|^p`` gives both.
+  and both normalisers are the d + 2 columns of ``q+ @ W_top + q- @ W_bot`` for two
+  (d, d + 2) matrices (:func:`mixing_matrices`), applied and normalised by
+  :class:`QueryOutput`.
+* Dividing q and k by a per-channel ``scale`` before the maps multiplies channel i of both
+  maps by ``scale_i^-p_i``, i.e. row i of the small matrices by ``scale_i^-2p_i``; so the
+  division never touches the (B, h, L, d) tensors.
 
-A custom autograd Function keeps for backward the inputs, the output, the small ``W``, the
-(N, 2) reciprocal normalisers and ``sign(q) |q|^p``, ``sign(k) |k|^p`` (B, h, *, d) (so
-backward needs no power of its own); the (B, h, *, 2d) feature maps are rebuilt from them
-by a clamp and a subtraction, so none of them outlives the forward.
+The two autograd Functions keep for backward their inputs (views, no copy) and the signed
+powers ``s``; the clamps are rebuilt from ``s``, and the small-matrix algebra between the
+Functions is left to autograd. Every product takes non-negative features times one
+matrix, so nothing cancels. Matrix products run per batch item over the heads (:func:`_bmm`), so
+inputs whose heads are interleaved in memory (heads split off a (B, L, h*d) projection)
+are read in place, and the output is laid out as (B, N, h, d), so merging its heads costs
+no copy either.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 
-def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor) -> None:
+def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
+                          scale: Optional[Tensor] = None) -> None:
     """Raise ValueError unless q (B, h, N, d), k and v (B, h, n, d), d even, and power
-    broadcasts to (1, h, 1, d)."""
+    (and scale, if given) broadcast to (1, h, 1, d)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError('q, k and v must be 4-D (B, heads, tokens, dims), got shapes '
                          f'{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}')
@@ -38,152 +45,203 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor) -> Non
         raise ValueError(f'head dims must be even (split between sim and opp), got {dims}')
     if k.shape[2] == 0:
         raise ValueError('polarity attention needs at least one key')
-    if power.dim() != 4 or power.shape[0] != 1 or power.shape[2] != 1 or \
-            power.shape[1] not in (1, heads) or power.shape[3] not in (1, dims):
-        raise ValueError(f'power must broadcast as (1, {heads}, 1, {dims}), '
-                         f'got {tuple(power.shape)}')
+    for name, param in (('power', power), ('scale', scale)):
+        if param is not None and (
+                param.dim() != 4 or param.shape[0] != 1 or param.shape[2] != 1 or
+                param.shape[1] not in (1, heads) or param.shape[3] not in (1, dims)):
+            raise ValueError(f'{name} must broadcast as (1, {heads}, 1, {dims}), '
+                             f'got {tuple(param.shape)}')
+
+
+def _bmm(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """(B, h, m, k) @ (B, h, k, n) -> (B, h, m, n) as one ``bmm`` over the heads per batch
+    item: unlike 4-D ``matmul`` this reads operands with interleaved heads in place."""
+    if out is None:
+        out = a.new_empty(a.shape[0], a.shape[1], a.shape[2], b.shape[3])
+    for item in range(a.shape[0]):
+        torch.bmm(a[item], b[item], out=out[item])
+    return out
+
+
+def _add_bmm_(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.) -> Tensor:
+    """``out += alpha * a @ b`` in place, batched as :func:`_bmm`."""
+    for item in range(a.shape[0]):
+        out[item].baddbmm_(a[item], b[item], alpha=alpha)
+    return out
+
+
+def _dense32(x: Tensor) -> Tensor:
+    """x as a contiguous float32 tensor: the elementwise work then runs on one layout (mixed
+    layouts, e.g. heads interleaved in one operand and not in another, are several times
+    slower)."""
+    return x.float().contiguous()
+
+
+def _neg_part(signed: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``relu(-s)`` (into ``out`` if given)."""
+    return torch.neg(signed, out=out).clamp_(min=0)
+
+
+def _polarity_backward(grad_pos: Tensor, grad_neg: Tensor, signed: Tensor,
+                       neg_part: Tensor) -> Tensor:
+    """Gradient reaching ``s`` from ``relu(s)`` (``grad_pos``) and ``relu(-s)``
+    (``grad_neg``), each where its relu passes; ``grad_pos`` is overwritten.
+
+    relu's own adjoint (``threshold_backward``) rather than ``torch.where``, which is
+    several times slower on CPU."""
+    grad_pos = torch.ops.aten.threshold_backward(grad_pos, signed, 0)
+    return grad_pos.sub_(torch.ops.aten.threshold_backward(grad_neg, neg_part, 0))
 
 
 def signed_power(x: Tensor, power: Tensor) -> Tensor:
-    """``sign(x) |x|^p`` (B, h, L, d): both polarity maps in one tensor, as
-    ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(-s)`` (disjoint supports)."""
+    """``s = sign(x) |x|^p`` (B, h, L, d), in x's memory layout: both polarity maps in one
+    tensor, ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(s) - s``."""
     return x.abs().pow_(power).copysign_(x)
 
 
-def polarity_features(signed: Tensor) -> Tensor:
-    """``[relu(x)^p, relu(-x)^p]`` (B, h, L, 2d) from ``s = sign(x) |x|^p`` (B, h, L, d)."""
-    dims = signed.shape[-1]
-    features = signed.new_empty(*signed.shape[:-1], 2 * dims)
-    torch.clamp(signed, min=0, out=features[..., :dims])
-    torch.sub(features[..., :dims], signed, out=features[..., dims:])  # relu(s) - s
-    return features
+def signed_power_backward(x: Tensor, signed: Tensor, power: Tensor,
+                          grad_signed: Tensor) -> Tuple[Tensor, Tensor]:
+    """Vector-Jacobian product of ``s = signed_power(x, p)``.
 
-
-def polarity_features_backward(x: Tensor, signed: Tensor, power: Tensor,
-                               grad_features: Tensor) -> Tuple[Tensor, Tensor]:
-    """Vector-Jacobian product of :func:`polarity_features` of ``s = signed_power(x, p)``.
-
-    With g the gradient reaching the map x's sign selects and ``a = |s| = |x|^p``:
-    ``dx = g p a / x`` (0 at x = 0) and ``dp = sum g a log|x| = (sum g a log a) / p``, so no
-    power or log of x is needed.
+    ``ds/dx = p |x|^(p - 1) = p s / x`` and ``ds/dp = s log|x|``, so no power is needed;
+    with ``t = grad * s``: ``dx = t p / x`` (0/0 -> 0 at x = 0) and ``dp = sum t log|x|``.
 
     Returns:
-        tuple: ``grad_x`` (B, h, L, d) and ``grad_power`` summed over batch and tokens,
+        tuple: ``grad_x`` like x and ``grad_power`` summed over batch and tokens,
         (1, h, 1, d) (``power``'s broadcast shape is restored by the caller).
     """
-    dims = x.shape[-1]
-    grad_map = torch.where(signed > 0, grad_features[..., :dims], grad_features[..., dims:])
-    magnitude = signed.abs()
-    grad_power = (grad_map * torch.xlogy(magnitude, magnitude)).sum(
-        dim=(0, 2), keepdim=True).div_(power)
-    grad_x = grad_map.mul_(magnitude).div_(x).mul_(power).masked_fill_(x == 0, 0.)
+    weighted = grad_signed * signed
+    log_magnitude = x.abs().clamp_min_(torch.finfo(x.dtype).tiny).log_()
+    grad_power = log_magnitude.mul_(weighted).sum(dim=(0, 2), keepdim=True)
+    del log_magnitude
+    grad_x = weighted.mul_(power).div_(x).nan_to_num_(nan=0.)
     return grad_x, grad_power
 
 
-def _mix_streams(kv: Tensor, k_mean: Tensor) -> Tensor:
-    """``W`` (B, h, 2d, d + 2) from ``kv = [P; M]`` (B, h, 2d, d) and
-    ``k_mean = [m+; m-]`` (B, h, 2d, 1)."""
-    dims = kv.shape[-1]
-    half = dims // 2
-    pos, neg = kv[..., :dims, :], kv[..., dims:, :]
-    mean_pos, mean_neg = k_mean[..., :dims, :], k_mean[..., dims:, :]
-    top = torch.cat([pos[..., :half], neg[..., half:], mean_pos, mean_neg], dim=-1)
-    bottom = torch.cat([neg[..., :half], pos[..., half:], mean_neg, mean_pos], dim=-1)
-    return torch.cat([top, bottom], dim=-2)
+def _restore_power_grad(grad_power: Tensor, power: Tensor) -> Tensor:
+    return grad_power.sum_to_size(power.shape).to(power.dtype)
 
 
-def _mix_streams_backward(grad_mixing: Tensor) -> Tuple[Tensor, Tensor]:
-    """Adjoint of :func:`_mix_streams`: d W (B, h, 2d, d + 2) -> d kv (B, h, 2d, d) and
-    d k_mean (B, h, 2d, 1), written out (a re-arrangement and two sums)."""
-    dims = grad_mixing.shape[-1] - 2
-    half = dims // 2
-    top, bottom = grad_mixing[..., :dims, :], grad_mixing[..., dims:, :]
-    grad_pos = torch.cat([top[..., :half], bottom[..., half:dims]], dim=-1)
-    grad_neg = torch.cat([bottom[..., :half], top[..., half:dims]], dim=-1)
-    grad_mean_pos = top[..., dims:dims + 1] + bottom[..., dims + 1:]
-    grad_mean_neg = top[..., dims + 1:] + bottom[..., dims:dims + 1]
-    return (torch.cat([grad_pos, grad_neg], dim=-2),
-            torch.cat([grad_mean_pos, grad_mean_neg], dim=-2))
-
-
-def _normalise(mixed: Tensor, eps: float) -> Tuple[Tensor, Tensor]:
-    """``mixed = Q @ W`` (B, h, N, d + 2) -> output (B, h, N, d) and the reciprocal
-    normalisers (B, h, N, 2, 1) of the sim and opp streams."""
-    dims = mixed.shape[-1] - 2
-    inv_norm = mixed[..., dims:].add(eps).reciprocal_().unsqueeze(-1)
-    out = mixed[..., :dims].unflatten(-1, (2, dims // 2)) * inv_norm
-    return out.flatten(-2), inv_norm
-
-
-class PolarityLinearAttentionFunction(torch.autograd.Function):
-    """Autograd Function of the lean core; see :func:`polarity_linear_attention_torch`."""
+class KeyStatistics(torch.autograd.Function):
+    """(k, v, power) -> ``k+^T v / n``, ``k-^T v / n`` (B, h, d, d) and the means of ``k+``
+    and ``k-`` over the keys (B, h, 1, d), with ``k+ = relu(s)``, ``k- = relu(-s)``,
+    ``s = signed_power(k, p)``; computed in float32."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float) -> Tensor:
-        power32 = power.float()
-        q32, k32 = q.float(), k.float()
-        k_signed = signed_power(k32, power32)
-        keys = polarity_features(k_signed)  # (B, h, n, 2d)
-        kv = keys.transpose(-2, -1) @ v.float()
-        kv.div_(k.shape[-2])
-        k_mean = keys.mean(dim=-2).unsqueeze(-1)
-        del keys
-        mixing = _mix_streams(kv, k_mean)  # (B, h, 2d, d + 2)
-        q_signed = signed_power(q32, power32)
-        out, inv_norm = _normalise(polarity_features(q_signed) @ mixing, eps)
-        out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, power, mixing, out, inv_norm, q_signed, k_signed)
+    def forward(ctx, k: Tensor, v: Tensor, power: Tensor):
+        num_keys = k.shape[-2]
+        signed = signed_power(_dense32(k), power.float())
+        v32 = v.float()
+        part = signed.clamp(min=0)
+        pos_v = _bmm(part.transpose(-2, -1), v32).div_(num_keys)
+        pos_mean = part.mean(dim=-2, keepdim=True)
+        part = _neg_part(signed, out=part)
+        neg_v = _bmm(part.transpose(-2, -1), v32).div_(num_keys)
+        neg_mean = part.mean(dim=-2, keepdim=True)
+        del part
+        ctx.save_for_backward(k, v, power, signed)
+        return pos_v, neg_v, pos_mean, neg_mean
+
+    @staticmethod
+    def backward(ctx, grad_pos_v, grad_neg_v, grad_pos_mean, grad_neg_mean):
+        k, v, power, signed = ctx.saved_tensors
+        num_keys = k.shape[-2]
+        grad_pos_v, grad_neg_v = grad_pos_v / num_keys, grad_neg_v / num_keys
+        v32 = v.float()
+        neg_part = _neg_part(signed)
+        grad_v = None
+        if ctx.needs_input_grad[1]:
+            grad_v = _bmm(signed.clamp(min=0), grad_pos_v)
+            grad_v = _add_bmm_(grad_v, neg_part, grad_neg_v).to(v.dtype)
+        grad_k = grad_power = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            grad_pos = _bmm(v32, grad_pos_v.transpose(-2, -1)).add_(grad_pos_mean / num_keys)
+            grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1)).add_(grad_neg_mean / num_keys)
+            grad_signed = _polarity_backward(grad_pos, grad_neg, signed, neg_part)
+            del grad_pos, grad_neg, neg_part
+            grad_k, grad_power = signed_power_backward(_dense32(k), signed, power.float(),
+                                                       grad_signed)
+            grad_k = grad_k.to(k.dtype)
+            grad_power = _restore_power_grad(grad_power, power)
+        return grad_k, grad_v, grad_power
+
+
+def mixing_matrices(pos_v: Tensor, neg_v: Tensor, pos_mean: Tensor, neg_mean: Tensor,
+                    row_weight: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The (B, h, d, d + 2) matrices ``W_top`` and ``W_bot`` from the key statistics.
+
+    With ``P = k+^T v``, ``M = k-^T v``, the means ``m+``, ``m-`` and d/2 = half the value
+    channels (sim stream: first half, opp stream: second half)::
+
+        W_top = [P[:, :d/2], M[:, d/2:], m+, m-]   # multiplies q+
+        W_bot = [M[:, :d/2], P[:, d/2:], m-, m+]   # multiplies q-
+
+    ``row_weight`` (1, h, 1, d), if given, multiplies row i of both.
+    """
+    half = pos_v.shape[-1] // 2
+    pos_mean, neg_mean = pos_mean.transpose(-2, -1), neg_mean.transpose(-2, -1)
+    top = torch.cat([pos_v[..., :half], neg_v[..., half:], pos_mean, neg_mean], dim=-1)
+    bottom = torch.cat([neg_v[..., :half], pos_v[..., half:], neg_mean, pos_mean], dim=-1)
+    if row_weight is not None:
+        row_weight = row_weight.transpose(-2, -1)
+        top, bottom = top * row_weight, bottom * row_weight
+    return top, bottom
+
+
+class QueryOutput(torch.autograd.Function):
+    """(q, power, ``W_top``, ``W_bot``) -> the normalised output (B, h, N, d), float32, laid
+    out as (B, N, h, d) in memory."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, power: Tensor, top: Tensor, bottom: Tensor, eps: float):
+        batch, heads, num_queries, dims = q.shape
+        signed = signed_power(_dense32(q), power.float())
+        part = signed.clamp(min=0)
+        mixed = _bmm(part, top)  # (B, h, N, d + 2)
+        mixed = _add_bmm_(mixed, _neg_part(signed, out=part), bottom)
+        del part
+        inv_norm = mixed[..., dims:].add(eps).reciprocal_().unsqueeze(-1)  # (B, h, N, 2, 1)
+        out = mixed.new_empty(batch, num_queries, heads, dims).transpose(1, 2)
+        torch.mul(mixed[..., :dims].unflatten(-1, (2, dims // 2)), inv_norm,
+                  out=out.unflatten(-1, (2, dims // 2)))
+        ctx.save_for_backward(q, power, top, bottom, signed, out, inv_norm)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, power, mixing, out, inv_norm, q_signed, k_signed = ctx.saved_tensors
-        power32 = power.float()
-        q32 = q.float()
+        q, power, top, bottom, signed, out, inv_norm = ctx.saved_tensors
         dims = q.shape[-1]
-        queries = polarity_features(q_signed)  # (B, h, N, 2d)
-        grad_out = grad_out.float().unflatten(-1, (2, dims // 2))
-        grad_mixed = torch.cat([
-            (grad_out * inv_norm).flatten(-2),
-            (grad_out * out.float().unflatten(-1, (2, dims // 2))).sum(-1).mul_(
-                inv_norm.squeeze(-1)).neg_()
-        ], dim=-1)  # (B, h, N, d + 2)
-        grad_mixing = queries.transpose(-2, -1) @ grad_mixed
-        del queries
+        streams = (2, dims // 2)
+        grad_out = grad_out.float().unflatten(-1, streams)
+        grad_mixed = grad_out.new_empty(*q.shape[:3], dims + 2)
+        torch.mul(grad_out, inv_norm, out=grad_mixed[..., :dims].unflatten(-1, streams))
+        torch.mul((grad_out * out.unflatten(-1, streams)).sum(-1), inv_norm.squeeze(-1),
+                  out=grad_mixed[..., dims:]).neg_()
+        del grad_out
+        grad_top = _bmm(signed.clamp(min=0).transpose(-2, -1), grad_mixed)
+        neg_part = _neg_part(signed)
+        grad_bottom = _bmm(neg_part.transpose(-2, -1), grad_mixed)
         grad_q = grad_power = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[3]:
-            grad_queries = grad_mixed @ mixing.transpose(-2, -1)
-            del grad_mixed
-            grad_q, grad_power = polarity_features_backward(q32, q_signed, power32,
-                                                            grad_queries)
-            del grad_queries
-        else:
-            del grad_mixed
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_signed = _polarity_backward(_bmm(grad_mixed, top.transpose(-2, -1)),
+                                             _bmm(grad_mixed, bottom.transpose(-2, -1)),
+                                             signed, neg_part)
+            del grad_mixed, neg_part
+            grad_q, grad_power = signed_power_backward(_dense32(q), signed, power.float(),
+                                                       grad_signed)
+            grad_q = grad_q.to(q.dtype)
+            grad_power = _restore_power_grad(grad_power, power)
+        return grad_q, grad_power, grad_top, grad_bottom, None
 
-        grad_kv, grad_k_mean = _mix_streams_backward(grad_mixing)
-        num_keys = k.shape[-2]
-        grad_kv.div_(num_keys)
-        grad_k_mean.div_(num_keys)
-        k32 = k.float()
-        grad_v = grad_k = None
-        if ctx.needs_input_grad[2]:
-            grad_v = (polarity_features(k_signed) @ grad_kv).to(v.dtype)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
-            grad_keys = v.float() @ grad_kv.transpose(-2, -1)
-            grad_keys.add_(grad_k_mean.transpose(-2, -1))
-            grad_k, grad_power_k = polarity_features_backward(k32, k_signed, power32,
-                                                              grad_keys)
-            grad_power = grad_power_k if grad_power is None else grad_power + grad_power_k
-        if ctx.needs_input_grad[3]:
-            grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
-        else:
-            grad_power = None
-        return (None if grad_q is None else grad_q.to(q.dtype),
-                None if grad_k is None else grad_k.to(k.dtype), grad_v, grad_power, None)
+
+def scale_row_weight(power: Tensor, scale: Optional[Tensor]) -> Optional[Tensor]:
+    """``scale^-2p`` (1, h, 1, d): dividing q and k by ``scale`` scales channel i of both
+    polarity maps by ``scale_i^-p_i``."""
+    return None if scale is None else scale.float().pow(-2 * power.float())
 
 
 def polarity_linear_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                                    eps: float = 1e-6) -> Tensor:
+                                    eps: float = 1e-6, scale: Optional[Tensor] = None) -> Tensor:
     """Lean PyTorch polarity-aware linear attention; same contract as
     :func:`pola_mm.ops.polarity_attention.polarity_linear_attention`.
 
@@ -193,10 +251,14 @@ def polarity_linear_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tens
         v (Tensor): (B, h, n, d) values, d even.
         power (Tensor): (1, h, 1, d) exponents (>= 1).
         eps (float): normaliser epsilon.
+        scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k.
 
     Returns:
-        Tensor: (B, h, N, d) in q's dtype, computed in float32 with autocast off.
+        Tensor: (B, h, N, d) in q's dtype (laid out as (B, N, h, d)), computed in float32
+        with autocast off.
     """
-    check_polarity_inputs(q, k, v, power)
+    check_polarity_inputs(q, k, v, power, scale)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return PolarityLinearAttentionFunction.apply(q, k, v, power, eps)
+        statistics = KeyStatistics.apply(k, v, power)
+        top, bottom = mixing_matrices(*statistics, scale_row_weight(power, scale))
+        return QueryOutput.apply(q, power, top, bottom, eps).to(q.dtype)

@@ -1,6 +1,6 @@
 """Fused Triton kernels for the polarity-aware linear attention core.
 
-Same algebra as :mod:`pola_mm.ops.pola_torch`: with ``Q = [q+, q-]`` and
+The algebra of :mod:`pola_mm.ops.pola_torch` in its (2d)-wide form: with ``Q = [q+, q-]`` and
 ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from ``P = k+^T v / n``,
 ``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W`` normalised by its last
 two columns. Four kernels, each over one (batch x head) and a chunk of tokens, with the
@@ -20,17 +20,45 @@ the division by the fp32 scale, and v in half); all-fp32 inputs use IEEE fp32 pr
 any half input TF32.
 Head dims must be 16, 32, 64 or 128 (``tl.dot`` tiles); any token count is masked.
 """
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import _mix_streams, _mix_streams_backward, check_polarity_inputs
+from .pola_torch import check_polarity_inputs
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_TOKENS = 32
+
+
+def _mix_streams(kv: Tensor, k_mean: Tensor) -> Tensor:
+    """``W`` (B, h, 2d, d + 2) from ``kv = [P; M]`` (B, h, 2d, d) and
+    ``k_mean = [m+; m-]`` (B, h, 2d, 1)."""
+    dims = kv.shape[-1]
+    half = dims // 2
+    pos, neg = kv[..., :dims, :], kv[..., dims:, :]
+    mean_pos, mean_neg = k_mean[..., :dims, :], k_mean[..., dims:, :]
+    top = torch.cat([pos[..., :half], neg[..., half:], mean_pos, mean_neg], dim=-1)
+    bottom = torch.cat([neg[..., :half], pos[..., half:], mean_neg, mean_pos], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
+
+
+def _mix_streams_backward(grad_mixing: Tensor) -> Tuple[Tensor, Tensor]:
+    """Adjoint of :func:`_mix_streams`: d W (B, h, 2d, d + 2) -> d kv (B, h, 2d, d) and
+    d k_mean (B, h, 2d, 1), written out (a re-arrangement and two sums)."""
+    dims = grad_mixing.shape[-1] - 2
+    half = dims // 2
+    top, bottom = grad_mixing[..., :dims, :], grad_mixing[..., dims:, :]
+    grad_pos = torch.cat([top[..., :half], bottom[..., half:dims]], dim=-1)
+    grad_neg = torch.cat([bottom[..., :half], top[..., half:dims]], dim=-1)
+    grad_mean_pos = top[..., dims:dims + 1] + bottom[..., dims + 1:]
+    grad_mean_neg = top[..., dims + 1:] + bottom[..., dims:dims + 1]
+    return (torch.cat([grad_pos, grad_neg], dim=-2),
+            torch.cat([grad_mean_pos, grad_mean_neg], dim=-2))
 
 
 @triton.jit

@@ -9,11 +9,13 @@ the graph records the lean path's forward in plain tensor operations
 (:func:`polarity_linear_attention_traceable`). The plain form of the official code is kept
 only as the tests' reference (``tests/reference_pola.py``).
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from .pola_torch import (_mix_streams, _normalise, check_polarity_inputs, polarity_features,
-                         polarity_linear_attention_torch)
+from .pola_torch import (check_polarity_inputs, mixing_matrices,
+                         polarity_linear_attention_torch, scale_row_weight)
 
 ATTENTION_IMPLS = ('auto', 'torch', 'triton')
 
@@ -36,10 +38,12 @@ def _triton_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
 
 
 def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                              eps: float = 1e-6, impl: str = 'auto') -> Tensor:
+                              eps: float = 1e-6, impl: str = 'auto',
+                              scale: Optional[Tensor] = None) -> Tensor:
     """Polarity-aware linear attention of PolaFormer for one set of queries and keys.
 
-    With ``phi_p(x) = relu(x) ** p`` (per head and channel exponent ``p``):
+    With ``phi_p(x) = relu(x / scale) ** p`` (per head and channel exponent ``p`` and
+    divisor ``scale``, 1 if not given):
     ``q+ = phi_p(q)``, ``q- = phi_p(-q)`` (likewise for ``k``), ``K = [k+, k-]``,
     ``q_sim = [q+, q-]`` (same-sign interactions) and ``q_opp = [q-, q+]``
     (opposite-sign interactions). The sim stream attends with the first half of the value
@@ -54,14 +58,16 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
     (exponents up to 5 overflow fp16) and the result is cast back to ``q``'s dtype.
 
     Args:
-        q (Tensor): (B, h, N, d) queries, already divided by ``softplus(scale)``.
-        k (Tensor): (B, h, n, d) keys (positional encoding added, then divided by
-            ``softplus(scale)``).
+        q (Tensor): (B, h, N, d) queries.
+        k (Tensor): (B, h, n, d) keys (positional encoding added).
         v (Tensor): (B, h, n, d) values; ``d`` must be even.
         power (Tensor): (1, h, 1, d) exponents ``1 + alpha * sigmoid(param)``.
         eps (float): normaliser epsilon (official value 1e-6).
         impl (str): 'auto' (Triton kernels on CUDA where they support the head dims,
             else PyTorch), 'torch' or 'triton'.
+        scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k
+            (``softplus(scale)`` of the models); the PyTorch path folds it into its small
+            matrices instead of dividing the (B, h, L, d) tensors.
 
     Returns:
         Tensor: (B, h, N, d); channels ``[:d/2]`` come from the sim stream, ``[d/2:]``
@@ -69,34 +75,44 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
     """
     check_attention_impl(impl)
     if torch.onnx.is_in_onnx_export():
-        return polarity_linear_attention_traceable(q, k, v, power, eps)
+        return polarity_linear_attention_traceable(q, k, v, power, eps, scale)
     if impl == 'triton' or (impl == 'auto' and _triton_applies(q, k, v)):
         from .pola_triton import polarity_linear_attention_triton
+        if scale is not None:
+            q, k = q / scale, k / scale
         return polarity_linear_attention_triton(q, k, v, power, eps)
-    return polarity_linear_attention_torch(q, k, v, power, eps)
+    return polarity_linear_attention_torch(q, k, v, power, eps, scale)
 
 
 def polarity_linear_attention_traceable(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                                        eps: float = 1e-6) -> Tensor:
-    """The lean path's forward (:mod:`.pola_torch`'s feature map, mixing matrix and
-    normalisation) in plain tensor operations, for inference graphs exported to ONNX.
+                                        eps: float = 1e-6,
+                                        scale: Optional[Tensor] = None) -> Tensor:
+    """The lean path's forward (:mod:`.pola_torch`'s signed powers and mixing matrices) in
+    plain tensor operations, for inference graphs exported to ONNX.
 
-    The lean path runs as a custom autograd Function, and its ``sign(x) |x|^p`` is a
-    ``copysign``, which has no ONNX operator; here it is ``|x|^p * sign(x)`` (the same
-    value: both vanish at 0). The feature map writes into slices of one tensor, so this
-    runs without autograd. Same arguments and result as
-    :func:`polarity_linear_attention`, computed in float32.
+    The lean path runs as custom autograd Functions with per-batch-item products, and its
+    ``sign(x) |x|^p`` is a ``copysign``, which has no ONNX operator; here the products are
+    4-D ``matmul`` and the signed power is ``|x|^p * sign(x)`` (the same value: both vanish
+    at 0). Same arguments and result as :func:`polarity_linear_attention`, computed in
+    float32.
     """
-    check_polarity_inputs(q, k, v, power)
+    check_polarity_inputs(q, k, v, power, scale)
     power = power.float()
 
-    def features(x: Tensor) -> Tensor:  # (B, h, L, d) -> (B, h, L, 2d)
+    def signed_power(x: Tensor) -> Tensor:
         x = x.float()
-        return polarity_features(x.abs().pow(power) * x.sign())
+        return x.abs().pow(power) * x.sign()
 
-    with torch.no_grad():
-        keys = features(k)
-        kv = keys.transpose(-2, -1) @ v.float() / k.shape[-2]
-        mixing = _mix_streams(kv, keys.mean(dim=-2).unsqueeze(-1))  # (B, h, 2d, d + 2)
-        out, _ = _normalise(features(q) @ mixing, eps)
-    return out.to(q.dtype)
+    keys = signed_power(k)
+    pos_keys, neg_keys = keys.clamp(min=0), keys.neg().clamp(min=0)
+    values = v.float() / k.shape[-2]
+    top, bottom = mixing_matrices(
+        pos_keys.transpose(-2, -1) @ values, neg_keys.transpose(-2, -1) @ values,
+        pos_keys.mean(dim=-2, keepdim=True), neg_keys.mean(dim=-2, keepdim=True),
+        scale_row_weight(power, scale))
+    queries = signed_power(q)
+    mixed = queries.clamp(min=0) @ top + queries.neg().clamp(min=0) @ bottom  # (B,h,N,d+2)
+    dims = q.shape[-1]
+    out = mixed[..., :dims].unflatten(-1, (2, dims // 2)) / (
+        mixed[..., dims:] + eps).unsqueeze(-1)
+    return out.flatten(-2).to(q.dtype)

@@ -17,11 +17,14 @@ at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmenta
 (512 x 512) and half the detection size per side (400 x 672, so that the detection size has
 4x its pixels: the scaling column is time(800 x 1344) / time(400 x 672)).
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's peak
-resident set (``VmHWM``, reset before each step through ``/proc/self/clear_refs``) minus the
-resident set before the step, with glibc told to serve every allocation >= 1 MiB by mmap
-so that freed tensors leave the resident set at once. Allocations are not sampled, so
-nothing is missed, but small (< 1 MiB) heap churn is counted at its high-water mark.
+Times are taken with the allocator as a training process has it. Peak memory is measured
+in a child process: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
+process's peak resident set (``VmHWM``, reset before each step through
+``/proc/self/clear_refs``) minus the resident set before the step, with glibc told to serve
+every allocation >= 1 MiB by mmap so that freed tensors leave the resident set at once
+(that makes every large allocation fault its pages in anew, which would distort the
+times, hence a second process for the peaks, started with ``--peaks-only``). Allocations are not sampled, so nothing is missed, but small
+(< 1 MiB) heap churn is counted at its high-water mark.
 
 mmdet's rows are left out, with a warning, where mmdet does not import (a GPU machine
 without a compiled mmcv). On CUDA the times are wall-clock per call after a
@@ -36,9 +39,11 @@ Usage::
 import argparse
 import contextlib
 import ctypes
+import json
 import logging
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -68,6 +73,7 @@ SIZES = {'det': (800, 1344), 'seg': (512, 512), 'half-det': (400, 672)}
 QUICK_SIZES = {'det': (64, 128), 'seg': (64, 64), 'half-det': (32, 64)}
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+PEAKS_MARK = 'peaks: '
 
 
 def core_functions(device: str) -> Dict[str, Callable]:
@@ -89,8 +95,13 @@ def attention_core(core: Callable):
     """Make every PolaLinearAttention use ``core`` (the benchmark's own switch, so that the
     plain reference, which lives in the tests, can run inside the real layer)."""
     original = pola_attention_module.polarity_linear_attention
-    pola_attention_module.polarity_linear_attention = lambda q, k, v, power, **_: core(
-        q, k, v, power)
+
+    def divide_then_core(q, k, v, power, scale=None, **_):
+        if scale is not None:
+            q, k = q / scale, k / scale
+        return core(q, k, v, power)
+
+    pola_attention_module.polarity_linear_attention = divide_then_core
     try:
         yield
     finally:
@@ -98,13 +109,14 @@ def attention_core(core: Callable):
 
 
 class MemoryMeter:
-    """Peak extra memory (bytes) of a callable, on CPU (resident set) or CUDA."""
+    """Peak extra memory (bytes) of a callable, on CPU (resident set) or CUDA. On CPU the
+    process's allocator is switched for good to mmap for >= 1 MiB: time nothing after."""
 
     def __init__(self, device: str):
         self.device = device
         if device == 'cpu':
-            libc = ctypes.CDLL('libc.so.6')
-            libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+            self.libc = ctypes.CDLL('libc.so.6')
+            self.libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
     @staticmethod
     def _status(field: str) -> int:
@@ -154,7 +166,9 @@ class Case:
                  core: Optional[Callable] = None):
         self.name, self.group, self.build, self.core = name, group, build, core
 
-    def run(self, device: str, dtype: torch.dtype, repeat: int, meter: MemoryMeter) -> Dict:
+    def run(self, device: str, dtype: torch.dtype, repeat: int,
+            meter: Optional[MemoryMeter] = None) -> Dict:
+        """fwd and fwd_bwd times (ms) without a meter; the peak (bytes) with one."""
         module, call = self.build()
         module = module.to(device)
         context = attention_core(self.core) if self.core else contextlib.nullcontext()
@@ -171,10 +185,11 @@ class Case:
                 loss.backward()
                 module.zero_grad(set_to_none=True)
 
-            result = {'fwd': time_ms(forward, device, repeat),
-                      'fwd_bwd': time_ms(train_step, device, repeat)}
-            result['peak'] = meter.measure(train_step)
-        return result
+            if meter is not None:
+                train_step()  # warm-up, as for the times
+                return {'peak': meter.measure(train_step)}
+            return {'fwd': time_ms(forward, device, repeat),
+                    'fwd_bwd': time_ms(train_step, device, repeat)}
 
 
 def tokens_input(batch: int, hw: Tuple[int, int], channels: int, device: str) -> Tensor:
@@ -317,9 +332,22 @@ def parse_args(argv=None):
     parser.add_argument('--repeat', type=int, default=3, help='timed runs (median)')
     parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument('--filter', default='', help='only groups containing this text')
+    parser.add_argument('--peaks-only', action='store_true',
+                        help='measure only the peaks and print them as JSON (the child pass)')
     parser.add_argument('--quick', action='store_true',
                         help='tiny shapes and one timed run: a smoke test, not a measurement')
     return parser.parse_args(argv)
+
+
+def measure_peaks(argv: Optional[List[str]]) -> List[int]:
+    """Peak memory of every case, from a child process run with ``--peaks-only``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    child = subprocess.run([sys.executable, __file__, *argv, '--peaks-only'],
+                           capture_output=True, text=True)
+    for line in child.stdout.splitlines():
+        if line.startswith(PEAKS_MARK):
+            return json.loads(line[len(PEAKS_MARK):])
+    raise RuntimeError(f'the peak-memory pass failed:\n{child.stderr[-3000:]}')
 
 
 def main(argv=None) -> str:
@@ -333,15 +361,22 @@ def main(argv=None) -> str:
                   level=logging.WARNING)
     sizes = {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
     repeat = 1 if args.quick else args.repeat
-    meter = MemoryMeter(args.device)
+    dtype = DTYPES[args.dtype]
+    cases = [case for case in build_cases(sizes, args.batch, args.device, dtype)
+             if args.filter in case.group]
+    if args.peaks_only:
+        meter = MemoryMeter(args.device)
+        peaks = [case.run(args.device, dtype, repeat, meter)['peak'] for case in cases]
+        print(PEAKS_MARK + json.dumps(peaks))
+        return ''
     rows = []
-    for case in build_cases(sizes, args.batch, args.device, DTYPES[args.dtype]):
-        if args.filter not in case.group:
-            continue
-        result = case.run(args.device, DTYPES[args.dtype], repeat, meter)
+    for case in cases:
+        result = case.run(args.device, dtype, repeat)
         rows.append(dict(result, name=case.name, group=case.group))
         print_log(f"{case.group} | {case.name}: fwd {result['fwd']:.1f} ms, fwd+bwd "
-                  f"{result['fwd_bwd']:.1f} ms, peak {result['peak'] / 2**30:.3f} GiB")
+                  f"{result['fwd_bwd']:.1f} ms")
+    for row, peak in zip(rows, measure_peaks(argv)):
+        row['peak'] = peak
     label = (torch.cuda.get_device_name() if args.device == 'cuda' else
              f'cpu, {args.threads} threads') + f', {args.dtype}, batch {args.batch}'
     report = format_table(rows, label) + '\n\n' + scaling_table(rows)
