@@ -64,12 +64,25 @@ def test_scale_is_folded_exactly(scale_shape):
         assert rel_err(ours, theirs) < 1e-5, name
 
 
-def test_output_merges_heads_without_copy():
-    """The output is laid out as (B, N, h, d): merging the heads is a view."""
-    inputs, _ = make_inputs(2, 3, 10, 7, 8, torch.float32, seed=13)
-    out = polarity_linear_attention_torch(*inputs)
+def test_heads_split_and_merge_without_copies():
+    """Heads split off (B, L, h*d) maps, as the layers pass them: the output is laid out as
+    (B, N, h, d) (merging the heads is a view) and the gradients follow the inputs' memory
+    order (autograd's backward of the split is a view too); values equal the contiguous
+    inputs'."""
+    inputs, grad = make_inputs(2, 3, 10, 10, 8, torch.float32, seed=13)
+    maps = torch.cat([t.transpose(1, 2).flatten(2) for t in inputs[:3]], dim=-1)
+    maps.requires_grad_()
+    q, k, v = (t.unflatten(-1, (3, 8)).transpose(1, 2) for t in maps.chunk(3, dim=-1))
+    out = polarity_linear_attention_torch(q, k, v, inputs[3])
     merged = out.transpose(1, 2).reshape(2, 10, 24)
     assert merged.data_ptr() == out.data_ptr() and merged.is_contiguous()
+    grads = torch.autograd.grad(out, (q, k, v), grad)
+    for name, ours in zip('qkv', grads):
+        assert ours.transpose(1, 2).is_contiguous(), name
+    ref, ref_grads = forward_backward(polarity_linear_attention_torch, inputs, grad)
+    torch.testing.assert_close(out, ref)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])

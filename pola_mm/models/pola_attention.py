@@ -114,6 +114,25 @@ class PolaLinearAttention(nn.Module):
         k, v = self.kv(x).chunk(2, dim=-1)
         return q, k, v, g, kv_hw
 
+    def _local_mixing(self, v: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
+        """The depthwise conv ``dwc`` on the values of every head, (B, n, C) -> (B, N, C).
+
+        Its kernel is shared by the heads; applied as one conv over all C channels with the
+        kernel repeated per head, on the channels-last (B, C, H, W) view of v, whose output
+        is (B, N, C) again without a copy. With reduced keys, v is first interpolated
+        linearly over the flattened tokens to the query count (as the official code)."""
+        batch, _, channels = v.shape
+        height, width = hw_shape
+        if self.sr_ratio > 1:
+            v = F.interpolate(v.transpose(1, 2), size=height * width, mode='linear')
+            v = v.reshape(batch, channels, height, width)
+        else:
+            v = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        local = F.conv2d(v, self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
+                         self.dwc.bias.repeat(self.num_heads), padding=self.dwc.padding,
+                         groups=channels)
+        return local.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         """
         Args:
@@ -134,20 +153,11 @@ class PolaLinearAttention(nn.Module):
         def heads(t: Tensor) -> Tensor:  # (B, L, C) -> (B, h, L, d)
             return t.reshape(t.shape[0], -1, self.num_heads, self.head_dims).transpose(1, 2)
 
-        v = heads(v)
-        out = polarity_linear_attention(heads(q), heads(k), v, power,
+        out = polarity_linear_attention(heads(q), heads(k), heads(v), power,
                                         impl=self.attn_impl,
                                         scale=heads(F.softplus(self.scale)))
         out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
-
-        if self.sr_ratio > 1:  # official: 1-D linear interpolation over flattened tokens
-            v = F.interpolate(
-                v.transpose(-2, -1).reshape(batch * self.num_heads, self.head_dims, -1),
-                size=num_tokens, mode='linear').reshape(
-                    batch, self.num_heads, self.head_dims, num_tokens).transpose(-2, -1)
-        v = v.reshape(batch * self.num_heads, height, width, self.head_dims)
-        local = self.dwc(v.permute(0, 3, 1, 2)).reshape(batch, channels, num_tokens)
-        out = (out + local.transpose(1, 2)) * g
+        out = (out + self._local_mixing(v, hw_shape)) * g
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

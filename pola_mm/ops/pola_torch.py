@@ -16,13 +16,15 @@ one ``(B, h, L, d)`` signed power per input and products with small (d, *) matri
   maps by ``scale_i^-p_i``, i.e. row i of the small matrices by ``scale_i^-2p_i``; so the
   division never touches the (B, h, L, d) tensors.
 
-The two autograd Functions keep for backward their inputs (views, no copy) and the signed
-powers ``s``; the clamps are rebuilt from ``s``, and the small-matrix algebra between the
-Functions is left to autograd. Every product takes non-negative features times one
+The two autograd Functions keep for backward only their inputs (views, no copy), the small
+matrices and the output with its normalisers; ``s`` is recomputed (one power, cheaper on CPU
+than the allocation of keeping it), and the small-matrix algebra between the Functions is
+left to autograd. Every product takes non-negative features times one
 matrix, so nothing cancels. Matrix products run per batch item over the heads (:func:`_bmm`), so
 inputs whose heads are interleaved in memory (heads split off a (B, L, h*d) projection)
-are read in place, and the output is laid out as (B, N, h, d), so merging its heads costs
-no copy either.
+are read in place; the large temporaries and the gradients follow the inputs' memory order,
+and the output is laid out as (B, N, h, d), so neither merging the heads of the output nor
+autograd's backward through the head split costs a copy.
 """
 from typing import Optional, Tuple
 
@@ -53,9 +55,25 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                              f'got {tuple(param.shape)}')
 
 
+def _empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None,
+                           dtype: torch.dtype = torch.float32) -> Tensor:
+    """An empty tensor of ``like``'s shape (last dim ``last_dim`` if given) whose memory
+    order follows ``like``'s strides: a (B, h, L, d) view of (B, L, h, d) memory gives the
+    same, a contiguous tensor a contiguous one. Elementwise work then runs on one layout
+    (mixed layouts are several times slower), and autograd's view backward of an input
+    whose heads are interleaved needs no copy."""
+    shape = list(like.shape)
+    if last_dim is not None:
+        shape[-1] = last_dim
+    order = sorted(range(like.dim()), key=lambda dim: -like.stride(dim))
+    memory = like.new_empty([shape[dim] for dim in order], dtype=dtype)
+    return memory.permute([order.index(dim) for dim in range(like.dim())])
+
+
 def _bmm(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """(B, h, m, k) @ (B, h, k, n) -> (B, h, m, n) as one ``bmm`` over the heads per batch
-    item: unlike 4-D ``matmul`` this reads operands with interleaved heads in place."""
+    item: unlike 4-D ``matmul`` this reads and writes (``out``) operands with interleaved
+    heads in place."""
     if out is None:
         out = a.new_empty(a.shape[0], a.shape[1], a.shape[2], b.shape[3])
     for item in range(a.shape[0]):
@@ -63,18 +81,11 @@ def _bmm(a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
     return out
 
 
-def _add_bmm_(out: Tensor, a: Tensor, b: Tensor, alpha: float = 1.) -> Tensor:
-    """``out += alpha * a @ b`` in place, batched as :func:`_bmm`."""
+def _add_bmm_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``out += a @ b`` in place, batched as :func:`_bmm`."""
     for item in range(a.shape[0]):
-        out[item].baddbmm_(a[item], b[item], alpha=alpha)
+        out[item].baddbmm_(a[item], b[item])
     return out
-
-
-def _dense32(x: Tensor) -> Tensor:
-    """x as a contiguous float32 tensor: the elementwise work then runs on one layout (mixed
-    layouts, e.g. heads interleaved in one operand and not in another, are several times
-    slower)."""
-    return x.float().contiguous()
 
 
 def _neg_part(signed: Tensor, out: Optional[Tensor] = None) -> Tensor:
@@ -82,20 +93,23 @@ def _neg_part(signed: Tensor, out: Optional[Tensor] = None) -> Tensor:
     return torch.neg(signed, out=out).clamp_(min=0)
 
 
-def _polarity_backward(grad_pos: Tensor, grad_neg: Tensor, signed: Tensor,
-                       neg_part: Tensor) -> Tensor:
+def _polarity_backward_(grad_pos: Tensor, grad_neg: Tensor, signed: Tensor,
+                        neg_part: Tensor) -> Tensor:
     """Gradient reaching ``s`` from ``relu(s)`` (``grad_pos``) and ``relu(-s)``
-    (``grad_neg``), each where its relu passes; ``grad_pos`` is overwritten.
+    (``grad_neg``), each where its relu passes, written into ``grad_pos``.
 
     relu's own adjoint (``threshold_backward``) rather than ``torch.where``, which is
     several times slower on CPU."""
-    grad_pos = torch.ops.aten.threshold_backward(grad_pos, signed, 0)
-    return grad_pos.sub_(torch.ops.aten.threshold_backward(grad_neg, neg_part, 0))
+    threshold_backward = torch.ops.aten.threshold_backward.grad_input
+    threshold_backward(grad_pos, signed, 0, grad_input=grad_pos)
+    threshold_backward(grad_neg, neg_part, 0, grad_input=grad_neg)
+    return grad_pos.sub_(grad_neg)
 
 
 def signed_power(x: Tensor, power: Tensor) -> Tensor:
-    """``s = sign(x) |x|^p`` (B, h, L, d), in x's memory layout: both polarity maps in one
-    tensor, ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(s) - s``."""
+    """``s = sign(x) |x|^p`` (B, h, L, d) in float32, in x's memory order: both polarity maps
+    in one tensor, ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(-s)``."""
+    x = x.float()
     return x.abs().pow_(power).copysign_(x)
 
 
@@ -107,15 +121,17 @@ def signed_power_backward(x: Tensor, signed: Tensor, power: Tensor,
     with ``t = grad * s``: ``dx = t p / x`` (0/0 -> 0 at x = 0) and ``dp = sum t log|x|``.
 
     Returns:
-        tuple: ``grad_x`` like x and ``grad_power`` summed over batch and tokens,
-        (1, h, 1, d) (``power``'s broadcast shape is restored by the caller).
+        tuple: ``grad_x`` (float32, in x's memory order) and ``grad_power`` summed over
+        batch and tokens, (1, h, 1, d) (``power``'s broadcast shape is restored by the
+        caller).
     """
-    weighted = grad_signed * signed
+    x = x.float()
+    weighted = grad_signed.mul_(signed)
     log_magnitude = x.abs().clamp_min_(torch.finfo(x.dtype).tiny).log_()
     grad_power = log_magnitude.mul_(weighted).sum(dim=(0, 2), keepdim=True)
     del log_magnitude
-    grad_x = weighted.mul_(power).div_(x).nan_to_num_(nan=0.)
-    return grad_x, grad_power
+    grad_x = torch.div(weighted.mul_(power), x, out=_empty_in_memory_order(x))
+    return grad_x.nan_to_num_(nan=0.), grad_power
 
 
 def _restore_power_grad(grad_power: Tensor, power: Tensor) -> Tensor:
@@ -130,7 +146,7 @@ class KeyStatistics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k: Tensor, v: Tensor, power: Tensor):
         num_keys = k.shape[-2]
-        signed = signed_power(_dense32(k), power.float())
+        signed = signed_power(k, power.float())
         v32 = v.float()
         part = signed.clamp(min=0)
         pos_v = _bmm(part.transpose(-2, -1), v32).div_(num_keys)
@@ -138,29 +154,31 @@ class KeyStatistics(torch.autograd.Function):
         part = _neg_part(signed, out=part)
         neg_v = _bmm(part.transpose(-2, -1), v32).div_(num_keys)
         neg_mean = part.mean(dim=-2, keepdim=True)
-        del part
-        ctx.save_for_backward(k, v, power, signed)
+        ctx.save_for_backward(k, v, power)
         return pos_v, neg_v, pos_mean, neg_mean
 
     @staticmethod
     def backward(ctx, grad_pos_v, grad_neg_v, grad_pos_mean, grad_neg_mean):
-        k, v, power, signed = ctx.saved_tensors
+        k, v, power = ctx.saved_tensors
+        power32 = power.float()
+        signed = signed_power(k, power32)  # recomputed: cheaper than keeping it
         num_keys = k.shape[-2]
         grad_pos_v, grad_neg_v = grad_pos_v / num_keys, grad_neg_v / num_keys
         v32 = v.float()
         neg_part = _neg_part(signed)
         grad_v = None
         if ctx.needs_input_grad[1]:
-            grad_v = _bmm(signed.clamp(min=0), grad_pos_v)
+            grad_v = _bmm(signed.clamp(min=0), grad_pos_v, out=_empty_in_memory_order(v))
             grad_v = _add_bmm_(grad_v, neg_part, grad_neg_v).to(v.dtype)
         grad_k = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            grad_pos = _bmm(v32, grad_pos_v.transpose(-2, -1)).add_(grad_pos_mean / num_keys)
-            grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1)).add_(grad_neg_mean / num_keys)
-            grad_signed = _polarity_backward(grad_pos, grad_neg, signed, neg_part)
-            del grad_pos, grad_neg, neg_part
-            grad_k, grad_power = signed_power_backward(_dense32(k), signed, power.float(),
-                                                       grad_signed)
+            grad_pos = _bmm(v32, grad_pos_v.transpose(-2, -1),
+                            out=_empty_in_memory_order(signed)).add_(grad_pos_mean / num_keys)
+            grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1),
+                            out=_empty_in_memory_order(signed)).add_(grad_neg_mean / num_keys)
+            grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
+            del grad_neg, neg_part
+            grad_k, grad_power = signed_power_backward(k, signed, power32, grad_signed)
             grad_k = grad_k.to(k.dtype)
             grad_power = _restore_power_grad(grad_power, power)
         return grad_k, grad_v, grad_power
@@ -195,40 +213,44 @@ class QueryOutput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, power: Tensor, top: Tensor, bottom: Tensor, eps: float):
         batch, heads, num_queries, dims = q.shape
-        signed = signed_power(_dense32(q), power.float())
+        signed = signed_power(q, power.float())
         part = signed.clamp(min=0)
-        mixed = _bmm(part, top)  # (B, h, N, d + 2)
+        mixed = _bmm(part, top, out=_empty_in_memory_order(signed, dims + 2))  # (B,h,N,d+2)
         mixed = _add_bmm_(mixed, _neg_part(signed, out=part), bottom)
-        del part
+        del part, signed
         inv_norm = mixed[..., dims:].add(eps).reciprocal_().unsqueeze(-1)  # (B, h, N, 2, 1)
         out = mixed.new_empty(batch, num_queries, heads, dims).transpose(1, 2)
         torch.mul(mixed[..., :dims].unflatten(-1, (2, dims // 2)), inv_norm,
                   out=out.unflatten(-1, (2, dims // 2)))
-        ctx.save_for_backward(q, power, top, bottom, signed, out, inv_norm)
+        ctx.save_for_backward(q, power, top, bottom, out, inv_norm)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, power, top, bottom, signed, out, inv_norm = ctx.saved_tensors
+        q, power, top, bottom, out, inv_norm = ctx.saved_tensors
+        power32 = power.float()
+        signed = signed_power(q, power32)  # recomputed: cheaper than keeping it
         dims = q.shape[-1]
         streams = (2, dims // 2)
         grad_out = grad_out.float().unflatten(-1, streams)
-        grad_mixed = grad_out.new_empty(*q.shape[:3], dims + 2)
+        grad_mixed = _empty_in_memory_order(signed, dims + 2)
         torch.mul(grad_out, inv_norm, out=grad_mixed[..., :dims].unflatten(-1, streams))
         torch.mul((grad_out * out.unflatten(-1, streams)).sum(-1), inv_norm.squeeze(-1),
                   out=grad_mixed[..., dims:]).neg_()
         del grad_out
-        grad_top = _bmm(signed.clamp(min=0).transpose(-2, -1), grad_mixed)
         neg_part = _neg_part(signed)
+        grad_top = _bmm(signed.clamp(min=0).transpose(-2, -1), grad_mixed)
         grad_bottom = _bmm(neg_part.transpose(-2, -1), grad_mixed)
         grad_q = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_signed = _polarity_backward(_bmm(grad_mixed, top.transpose(-2, -1)),
-                                             _bmm(grad_mixed, bottom.transpose(-2, -1)),
-                                             signed, neg_part)
-            del grad_mixed, neg_part
-            grad_q, grad_power = signed_power_backward(_dense32(q), signed, power.float(),
-                                                       grad_signed)
+            grad_pos = _bmm(grad_mixed, top.transpose(-2, -1),
+                            out=_empty_in_memory_order(signed))
+            grad_neg = _bmm(grad_mixed, bottom.transpose(-2, -1),
+                            out=_empty_in_memory_order(signed))
+            del grad_mixed
+            grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
+            del grad_neg, neg_part
+            grad_q, grad_power = signed_power_backward(q, signed, power32, grad_signed)
             grad_q = grad_q.to(q.dtype)
             grad_power = _restore_power_grad(grad_power, power)
         return grad_q, grad_power, grad_top, grad_bottom, None
