@@ -157,7 +157,7 @@ class PolaLinearAttention(nn.Module):
                                         impl=self.attn_impl,
                                         scale=heads(F.softplus(self.scale)))
         out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
-        out = (out + self._local_mixing(v, hw_shape)) * g
+        out = self._local_mixing(v, hw_shape).add_(out).mul(g)  # the conv keeps no output
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

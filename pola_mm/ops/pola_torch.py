@@ -113,25 +113,25 @@ def signed_power(x: Tensor, power: Tensor) -> Tensor:
     return x.abs().pow_(power).copysign_(x)
 
 
-def signed_power_backward(x: Tensor, signed: Tensor, power: Tensor,
-                          grad_signed: Tensor) -> Tuple[Tensor, Tensor]:
-    """Vector-Jacobian product of ``s = signed_power(x, p)``.
+def signed_power_backward_(x: Tensor, signed: Tensor, power: Tensor,
+                           grad_signed: Tensor) -> Tuple[Tensor, Tensor]:
+    """Vector-Jacobian product of ``s = signed_power(x, p)``, computed in the buffers of
+    ``signed`` and ``grad_signed`` (both overwritten).
 
     ``ds/dx = p |x|^(p - 1) = p s / x`` and ``ds/dp = s log|x|``, so no power is needed;
     with ``t = grad * s``: ``dx = t p / x`` (0/0 -> 0 at x = 0) and ``dp = sum t log|x|``.
 
     Returns:
-        tuple: ``grad_x`` (float32, in x's memory order) and ``grad_power`` summed over
-        batch and tokens, (1, h, 1, d) (``power``'s broadcast shape is restored by the
-        caller).
+        tuple: ``grad_x`` (float32, in ``grad_signed``'s buffer) and ``grad_power`` summed
+        over batch and tokens, (1, h, 1, d) (``power``'s broadcast shape is restored by
+        the caller).
     """
     x = x.float()
     weighted = grad_signed.mul_(signed)
-    log_magnitude = x.abs().clamp_min_(torch.finfo(x.dtype).tiny).log_()
+    log_magnitude = torch.abs(x, out=signed).clamp_min_(torch.finfo(x.dtype).tiny).log_()
     grad_power = log_magnitude.mul_(weighted).sum(dim=(0, 2), keepdim=True)
-    del log_magnitude
-    grad_x = torch.div(weighted.mul_(power), x, out=_empty_in_memory_order(x))
-    return grad_x.nan_to_num_(nan=0.), grad_power
+    grad_x = weighted.mul_(power).div_(x).nan_to_num_(nan=0.)
+    return grad_x, grad_power
 
 
 def _restore_power_grad(grad_power: Tensor, power: Tensor) -> Tensor:
@@ -165,10 +165,12 @@ class KeyStatistics(torch.autograd.Function):
         num_keys = k.shape[-2]
         grad_pos_v, grad_neg_v = grad_pos_v / num_keys, grad_neg_v / num_keys
         v32 = v.float()
-        neg_part = _neg_part(signed)
+        part = signed.clamp(min=0)
         grad_v = None
         if ctx.needs_input_grad[1]:
-            grad_v = _bmm(signed.clamp(min=0), grad_pos_v, out=_empty_in_memory_order(v))
+            grad_v = _bmm(part, grad_pos_v, out=_empty_in_memory_order(v))
+        neg_part = _neg_part(signed, out=part)
+        if grad_v is not None:
             grad_v = _add_bmm_(grad_v, neg_part, grad_neg_v).to(v.dtype)
         grad_k = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
@@ -177,8 +179,8 @@ class KeyStatistics(torch.autograd.Function):
             grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1),
                             out=_empty_in_memory_order(signed)).add_(grad_neg_mean / num_keys)
             grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
-            del grad_neg, neg_part
-            grad_k, grad_power = signed_power_backward(k, signed, power32, grad_signed)
+            del grad_neg, neg_part, part
+            grad_k, grad_power = signed_power_backward_(k, signed, power32, grad_signed)
             grad_k = grad_k.to(k.dtype)
             grad_power = _restore_power_grad(grad_power, power)
         return grad_k, grad_v, grad_power
@@ -238,8 +240,9 @@ class QueryOutput(torch.autograd.Function):
         torch.mul((grad_out * out.unflatten(-1, streams)).sum(-1), inv_norm.squeeze(-1),
                   out=grad_mixed[..., dims:]).neg_()
         del grad_out
-        neg_part = _neg_part(signed)
-        grad_top = _bmm(signed.clamp(min=0).transpose(-2, -1), grad_mixed)
+        part = signed.clamp(min=0)
+        grad_top = _bmm(part.transpose(-2, -1), grad_mixed)
+        neg_part = _neg_part(signed, out=part)
         grad_bottom = _bmm(neg_part.transpose(-2, -1), grad_mixed)
         grad_q = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
@@ -249,8 +252,8 @@ class QueryOutput(torch.autograd.Function):
                             out=_empty_in_memory_order(signed))
             del grad_mixed
             grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
-            del grad_neg, neg_part
-            grad_q, grad_power = signed_power_backward(q, signed, power32, grad_signed)
+            del grad_neg, neg_part, part
+            grad_q, grad_power = signed_power_backward_(q, signed, power32, grad_signed)
             grad_q = grad_q.to(q.dtype)
             grad_power = _restore_power_grad(grad_power, power)
         return grad_q, grad_power, grad_top, grad_bottom, None
