@@ -17,14 +17,16 @@ at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmenta
 (512 x 512) and half the detection size per side (400 x 672, so that the detection size has
 4x its pixels: the scaling column is time(800 x 1344) / time(400 x 672)).
 
-Times are taken with the allocator as a training process has it. Peak memory is measured
-in a child process: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
-process's peak resident set (``VmHWM``, reset before each step through
-``/proc/self/clear_refs``) minus the resident set before the step, with glibc told to serve
-every allocation >= 1 MiB by mmap so that freed tensors leave the resident set at once
-(that makes every large allocation fault its pages in anew, which would distort the
-times, hence a second process for the peaks, started with ``--peaks-only``). Allocations are not sampled, so nothing is missed, but small
-(< 1 MiB) heap churn is counted at its high-water mark.
+Times are taken with the allocator as a training process has it, the cases of a group in
+turn (round-robin over the repeats), so that drift of the machine's speed during a run
+affects each side of a ratio alike. Peak memory is measured in a child process (started
+with ``--peaks-only``): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's
+peak resident set (``VmHWM``, reset before each step through ``/proc/self/clear_refs``)
+minus the resident set before the step, with glibc told to serve every allocation >= 1 MiB
+by mmap so that freed tensors leave the resident set at once (which makes every large
+allocation fault its pages in anew and would distort the times, hence the second
+process). Allocations are not sampled, so nothing is missed, but small (< 1 MiB) heap
+churn is counted at its high-water mark.
 
 mmdet's rows are left out, with a warning, where mmdet does not import (a GPU machine
 without a compiled mmcv). On CUDA the times are wall-clock per call after a
@@ -137,19 +139,28 @@ class MemoryMeter:
         return self._status('VmHWM') - before
 
 
-def time_ms(fn: Callable[[], None], device: str, repeat: int) -> float:
-    """Median wall time of ``fn`` in ms after one warm-up call."""
+def time_call_ms(fn: Callable[[], None], device: str) -> float:
+    """Wall time of one call of ``fn`` in ms (after a CUDA synchronisation on CUDA)."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     fn()
-    times = []
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1e3
+
+
+def time_group(steps: List[Callable[[], None]], device: str, repeat: int) -> List[float]:
+    """Median time (ms) of each of ``steps`` after one warm-up call each, the steps taken
+    in turn (round-robin) so that a machine that slows down or speeds up over the minutes
+    of a run affects every step of a group alike."""
+    for step in steps:
+        step()
+    times = [[] for _ in steps]
     for _ in range(repeat):
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == 'cuda':
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for step, step_times in zip(steps, times):
+            step_times.append(time_call_ms(step, device))
+    return [statistics.median(step_times) for step_times in times]
 
 
 def outputs_sum(out) -> Tensor:
@@ -160,36 +171,55 @@ def outputs_sum(out) -> Tensor:
 
 
 class Case:
-    """One measured thing: builds its module and inputs on demand, then runs it."""
+    """One measured thing: builds its module and inputs on demand; its steps run it."""
 
     def __init__(self, name: str, group: str, build: Callable[[], Tuple[nn.Module, Callable]],
                  core: Optional[Callable] = None):
         self.name, self.group, self.build, self.core = name, group, build, core
 
-    def run(self, device: str, dtype: torch.dtype, repeat: int,
-            meter: Optional[MemoryMeter] = None) -> Dict:
-        """fwd and fwd_bwd times (ms) without a meter; the peak (bytes) with one."""
+    def steps(self, device: str, dtype: torch.dtype) -> Tuple[Callable, Callable]:
+        """A forward (no grad) and a training step (forward + backward) of the case."""
         module, call = self.build()
         module = module.to(device)
-        context = attention_core(self.core) if self.core else contextlib.nullcontext()
         autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
-        with context:
 
-            def forward():
-                with torch.no_grad(), autocast:
-                    call(module)
+        def core_context():
+            return attention_core(self.core) if self.core else contextlib.nullcontext()
 
-            def train_step():
-                with autocast:
-                    loss = outputs_sum(call(module))
-                loss.backward()
-                module.zero_grad(set_to_none=True)
+        def forward():
+            with core_context(), torch.no_grad(), autocast:
+                call(module)
 
-            if meter is not None:
-                train_step()  # warm-up, as for the times
-                return {'peak': meter.measure(train_step)}
-            return {'fwd': time_ms(forward, device, repeat),
-                    'fwd_bwd': time_ms(train_step, device, repeat)}
+        def train_step():
+            with core_context(), autocast:
+                loss = outputs_sum(call(module))
+            loss.backward()
+            module.zero_grad(set_to_none=True)
+
+        return forward, train_step
+
+    def peak(self, device: str, dtype: torch.dtype, meter: MemoryMeter) -> int:
+        """Peak memory (bytes) of a training step, after one warm-up step."""
+        _, train_step = self.steps(device, dtype)
+        train_step()
+        return meter.measure(train_step)
+
+
+def time_cases(cases: List['Case'], device: str, dtype: torch.dtype,
+               repeat: int) -> List[Dict]:
+    """fwd and fwd_bwd medians (ms) of the cases, each group's cases timed round-robin."""
+    results = {}
+    for group in dict.fromkeys(case.group for case in cases):
+        members = [case for case in cases if case.group == group]
+        steps = [case.steps(device, dtype) for case in members]
+        forward_times = time_group([forward for forward, _ in steps], device, repeat)
+        train_times = time_group([train for _, train in steps], device, repeat)
+        del steps
+        for case, fwd, fwd_bwd in zip(members, forward_times, train_times):
+            results[id(case)] = {'fwd': fwd, 'fwd_bwd': fwd_bwd}
+            print_log(f'{case.group} | {case.name}: fwd {fwd:.1f} ms, fwd+bwd '
+                      f'{fwd_bwd:.1f} ms')
+    return [results[id(case)] for case in cases]
 
 
 def tokens_input(batch: int, hw: Tuple[int, int], channels: int, device: str) -> Tensor:
@@ -329,7 +359,7 @@ def parse_args(argv=None):
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES),
                         help='autocast dtype of the layers (the Pola core stays fp32)')
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--repeat', type=int, default=3, help='timed runs (median)')
+    parser.add_argument('--repeat', type=int, default=5, help='timed runs (median)')
     parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument('--filter', default='', help='only groups containing this text')
     parser.add_argument('--peaks-only', action='store_true',
@@ -366,15 +396,11 @@ def main(argv=None) -> str:
              if args.filter in case.group]
     if args.peaks_only:
         meter = MemoryMeter(args.device)
-        peaks = [case.run(args.device, dtype, repeat, meter)['peak'] for case in cases]
+        peaks = [case.peak(args.device, dtype, meter) for case in cases]
         print(PEAKS_MARK + json.dumps(peaks))
         return ''
-    rows = []
-    for case in cases:
-        result = case.run(args.device, dtype, repeat)
-        rows.append(dict(result, name=case.name, group=case.group))
-        print_log(f"{case.group} | {case.name}: fwd {result['fwd']:.1f} ms, fwd+bwd "
-                  f"{result['fwd_bwd']:.1f} ms")
+    rows = [dict(result, name=case.name, group=case.group)
+            for case, result in zip(cases, time_cases(cases, args.device, dtype, repeat))]
     for row, peak in zip(rows, measure_peaks(argv)):
         row['peak'] = peak
     label = (torch.cuda.get_device_name() if args.device == 'cuda' else
