@@ -55,18 +55,17 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                              f'got {tuple(param.shape)}')
 
 
-def _empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None,
-                           dtype: torch.dtype = torch.float32) -> Tensor:
-    """An empty tensor of ``like``'s shape (last dim ``last_dim`` if given) whose memory
-    order follows ``like``'s strides: a (B, h, L, d) view of (B, L, h, d) memory gives the
-    same, a contiguous tensor a contiguous one. Elementwise work then runs on one layout
-    (mixed layouts are several times slower), and autograd's view backward of an input
-    whose heads are interleaved needs no copy."""
+def _empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None) -> Tensor:
+    """An empty float32 tensor of ``like``'s shape (last dim ``last_dim`` if given) whose
+    memory order follows ``like``'s strides: a (B, h, L, d) view of (B, L, h, d) memory
+    gives the same, a contiguous tensor a contiguous one. Elementwise work then runs on
+    one layout (mixed layouts are several times slower), and autograd's view backward of
+    an input whose heads are interleaved needs no copy."""
     shape = list(like.shape)
     if last_dim is not None:
         shape[-1] = last_dim
     order = sorted(range(like.dim()), key=lambda dim: -like.stride(dim))
-    memory = like.new_empty([shape[dim] for dim in order], dtype=dtype)
+    memory = like.new_empty([shape[dim] for dim in order], dtype=torch.float32)
     return memory.permute([order.index(dim) for dim in range(like.dim())])
 
 
