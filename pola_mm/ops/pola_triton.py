@@ -1,9 +1,9 @@
 """Fused Triton kernels for the polarity-aware linear attention core.
 
-The algebra of :mod:`pola_mm.ops.pola_torch` in its (2d)-wide form: with ``Q = [q+, q-]`` and
-``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from ``P = k+^T v / n``,
-``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W`` normalised by its last
-two columns. Four kernels, each over one (batch x head) and a chunk of tokens, with the
+The algebra of :mod:`pola_mm.ops.pola_torch` in its (2d)-wide form: with
+``Q = [q+, q-]`` and ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from
+``P = k+^T v / n``, ``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W``
+normalised by its last two columns. Four kernels, each over one (batch x head) and a chunk of tokens, with the
 polarity features computed in registers (never written to memory) and fp32 accumulation:
 
 * ``_key_state_kernel``: per-chunk partial sums of ``[k+, k-]^T [v, 1]`` (2d, d + 1);
@@ -12,7 +12,8 @@ polarity features computed in registers (never written to memory) and fp32 accum
 * ``_key_backward_kernel``: ``dk``, ``dv`` and partial ``d power``.
 
 Partial sums over chunks are added in PyTorch (deterministic, no atomics); the tiny
-(2d, d + 2) re-arrangement between ``[P; M]`` and ``W`` is done by PyTorch as well.
+(2d, d + 2) re-arrangement between ``[P; M]`` and ``W`` is the lean path's
+``mixing_matrices``, differentiated by autograd.
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
 output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
 Each of q, k, v may be fp32, bf16 or fp16 (under autocast q and k arrive in fp32, after
@@ -20,45 +21,17 @@ the division by the fp32 scale, and v in half); all-fp32 inputs use IEEE fp32 pr
 any half input TF32.
 Head dims must be 16, 32, 64 or 128 (``tl.dot`` tiles); any token count is masked.
 """
-from typing import Tuple
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import check_polarity_inputs
+from .pola_torch import check_polarity_inputs, mixing_matrices
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_TOKENS = 32
-
-
-def _mix_streams(kv: Tensor, k_mean: Tensor) -> Tensor:
-    """``W`` (B, h, 2d, d + 2) from ``kv = [P; M]`` (B, h, 2d, d) and
-    ``k_mean = [m+; m-]`` (B, h, 2d, 1)."""
-    dims = kv.shape[-1]
-    half = dims // 2
-    pos, neg = kv[..., :dims, :], kv[..., dims:, :]
-    mean_pos, mean_neg = k_mean[..., :dims, :], k_mean[..., dims:, :]
-    top = torch.cat([pos[..., :half], neg[..., half:], mean_pos, mean_neg], dim=-1)
-    bottom = torch.cat([neg[..., :half], pos[..., half:], mean_neg, mean_pos], dim=-1)
-    return torch.cat([top, bottom], dim=-2)
-
-
-def _mix_streams_backward(grad_mixing: Tensor) -> Tuple[Tensor, Tensor]:
-    """Adjoint of :func:`_mix_streams`: d W (B, h, 2d, d + 2) -> d kv (B, h, 2d, d) and
-    d k_mean (B, h, 2d, 1), written out (a re-arrangement and two sums)."""
-    dims = grad_mixing.shape[-1] - 2
-    half = dims // 2
-    top, bottom = grad_mixing[..., :dims, :], grad_mixing[..., dims:, :]
-    grad_pos = torch.cat([top[..., :half], bottom[..., half:dims]], dim=-1)
-    grad_neg = torch.cat([bottom[..., :half], top[..., half:dims]], dim=-1)
-    grad_mean_pos = top[..., dims:dims + 1] + bottom[..., dims + 1:]
-    grad_mean_neg = top[..., dims + 1:] + bottom[..., dims:dims + 1]
-    return (torch.cat([grad_pos, grad_neg], dim=-2),
-            torch.cat([grad_mean_pos, grad_mean_neg], dim=-2))
 
 
 @triton.jit
@@ -304,9 +277,14 @@ def _dense_last_dim(t: Tensor) -> Tensor:
 
 
 def _state_to_mixing(state: Tensor, num_keys: int) -> Tensor:
-    """(BH, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (BH, 2d, d + 2)."""
+    """(BH, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (BH, 2d, d + 2): the lean path's
+    :func:`~pola_mm.ops.pola_torch.mixing_matrices`, stacked."""
+    dims = state.shape[-1] - 1
     state = state / num_keys
-    return _mix_streams(state[..., :-1], state[..., -1:]).contiguous()
+    means = state[..., dims:].transpose(-2, -1)  # (BH, 1, 2d)
+    top, bottom = mixing_matrices(state[..., :dims, :dims], state[..., dims:, :dims],
+                                  means[..., :dims], means[..., dims:])
+    return torch.cat([top, bottom], dim=-2).contiguous()
 
 
 class TritonPolarityAttentionFunction(torch.autograd.Function):
@@ -326,7 +304,8 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
         _key_state_kernel[(batch * heads, key_chunks)](
             k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
             BLOCK=BLOCK_TOKENS, PRECISION=precision)
-        mixing = _state_to_mixing(state.sum(1), num_keys)
+        key_state = state.sum(1)
+        mixing = _state_to_mixing(key_state, num_keys)
 
         # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
         out = q.new_empty(batch, num_queries, heads, dims).transpose(1, 2)
@@ -334,14 +313,14 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
         _query_output_kernel[(batch * heads, triton.cdiv(num_queries, BLOCK_TOKENS))](
             q, power32, mixing, out, inv_norm, num_queries, heads, eps, *_strides(q),
             *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
-        ctx.save_for_backward(q, k, v, power, power32, mixing, out, inv_norm)
+        ctx.save_for_backward(q, k, v, power, power32, key_state, mixing, out, inv_norm)
         ctx.shape = (batch, heads, num_queries, num_keys, dims)
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, power, power32, mixing, out, inv_norm = ctx.saved_tensors
+        q, k, v, power, power32, key_state, mixing, out, inv_norm = ctx.saved_tensors
         batch, heads, num_queries, num_keys, dims = ctx.shape
         chunk = ctx.chunk
         precision = _precision(q, k, v)
@@ -357,8 +336,11 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
             num_queries, heads, chunk, *_strides(q), *_strides(out), *_strides(grad_out),
             *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
 
-        grad_state = torch.cat(_mix_streams_backward(grad_mixing.sum(1)), dim=-1)
-        grad_state = grad_state.div_(num_keys).contiguous()  # (BH, 2d, d + 1)
+        with torch.enable_grad():  # the small (2d, d + 1) -> (2d, d + 2) step, by autograd
+            key_state = key_state.detach().requires_grad_()
+            grad_state, = torch.autograd.grad(_state_to_mixing(key_state, num_keys),
+                                              key_state, grad_mixing.sum(1))
+        grad_state = grad_state.contiguous()  # (BH, 2d, d + 1)
 
         key_chunks = _num_chunks(num_keys, chunk)
         grad_k = torch.empty_like(k)
