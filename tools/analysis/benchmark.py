@@ -117,8 +117,7 @@ class MemoryMeter:
     def __init__(self, device: str):
         self.device = device
         if device == 'cpu':
-            self.libc = ctypes.CDLL('libc.so.6')
-            self.libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+            ctypes.CDLL('libc.so.6').mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
     @staticmethod
     def _status(field: str) -> int:
@@ -216,10 +215,10 @@ def time_cases(cases: List['Case'], device: str, dtype: torch.dtype,
         train_times = time_group([train for _, train in steps], device, repeat)
         del steps
         for case, fwd, fwd_bwd in zip(members, forward_times, train_times):
-            results[id(case)] = {'fwd': fwd, 'fwd_bwd': fwd_bwd}
+            results[case] = {'fwd': fwd, 'fwd_bwd': fwd_bwd}
             print_log(f'{case.group} | {case.name}: fwd {fwd:.1f} ms, fwd+bwd '
                       f'{fwd_bwd:.1f} ms')
-    return [results[id(case)] for case in cases]
+    return [results[case] for case in cases]
 
 
 def tokens_input(batch: int, hw: Tuple[int, int], channels: int, device: str) -> Tensor:
@@ -397,7 +396,7 @@ def main(argv=None) -> str:
     if args.peaks_only:
         meter = MemoryMeter(args.device)
         peaks = [case.peak(args.device, dtype, meter) for case in cases]
-        print(PEAKS_MARK + json.dumps(peaks))
+        print_log(PEAKS_MARK + json.dumps(peaks))
         return ''
     rows = [dict(result, name=case.name, group=case.group)
             for case, result in zip(cases, time_cases(cases, args.device, dtype, repeat))]
