@@ -163,6 +163,8 @@ def test_bad_arguments_are_named():
         PolaLinearAttention(8, 2, (4, 4), 'qkv')
     with pytest.raises(ValueError, match='even number of channels'):
         PolaLinearAttention(9, 3, (4, 4))
+    with pytest.raises(ValueError, match='kernel_size must be odd'):
+        PolaLinearAttention(8, 2, (4, 4), kernel_size=4)
     module = PolaLinearAttention(8, 2, (4, 4))
     with pytest.raises(ValueError, match='do not form the grid 3x4'):
         module(torch.randn(1, 10, 8), (3, 4))

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.depthwise_conv import depthwise_conv2d
 from ..ops.polarity_attention import check_attention_impl, polarity_linear_attention
 from .pos_embed import resize_token_grid
 
@@ -57,6 +58,8 @@ class PolaLinearAttention(nn.Module):
         if embed_dims % num_heads or (embed_dims // num_heads) % 2:
             raise ValueError(f'embed_dims {embed_dims} must split into {num_heads} heads '
                              'of an even number of channels')
+        if kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size must be odd to keep the map size, got {kernel_size}')
         if sr_ratio > 1 and projection != 'qg_kv':
             raise ValueError("sr_ratio > 1 needs projection='qg_kv'")
         self.embed_dims = embed_dims
@@ -128,9 +131,8 @@ class PolaLinearAttention(nn.Module):
             v = v.reshape(batch, channels, height, width)
         else:
             v = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-        local = F.conv2d(v, self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
-                         self.dwc.bias.repeat(self.num_heads), padding=self.dwc.padding,
-                         groups=channels)
+        local = depthwise_conv2d(v, self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
+                                 self.dwc.bias.repeat(self.num_heads))
         return local.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:

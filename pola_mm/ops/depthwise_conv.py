@@ -1,0 +1,54 @@
+"""Depthwise convolution with a kernel gradient that is fast on CPU."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, padding=k // 2, groups=C)``, whose backward computes the
+    kernel gradient as one more depthwise convolution: that of the (padded) input with the
+    output gradient as kernel, ``dW[c] = x_pad[c] (*) dy[c]``, an (H, W) kernel whose
+    output is (kh, kw). On CPU, oneDNN's own depthwise kernel gradient is several times
+    slower than this forward convolution (stage 1 of an 800 x 1344 image, C = 96, 2
+    threads: about 55 ms against 15 ms, 22 ms with a channels-last output gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
+        ctx.padding = padding
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        channels, padding = x.shape[1], ctx.padding
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # correlation with the flipped kernel
+            grad_x = F.conv2d(grad, weight.to(grad.dtype).flip(-2, -1), padding=padding,
+                              groups=channels)
+        if ctx.needs_input_grad[1]:
+            x = x.to(grad.dtype)
+            grad_weight = sum(
+                F.conv2d(x[item:item + 1], grad[item].unsqueeze(1), padding=padding,
+                         groups=channels) for item in range(x.shape[0]))
+            grad_weight = grad_weight.view(weight.shape)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_weight, grad_bias
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Depthwise 'same' convolution: (B, C, H, W) with a (C, 1, kh, kw) kernel, kh and kw
+    odd, padding (kh // 2, kw // 2), and a (C,) bias -> (B, C, H, W).
+
+    On CPU the backward is :class:`_DepthwiseConv2d`'s; elsewhere it is ``F.conv2d``'s."""
+    if weight.shape[-2] % 2 == 0 or weight.shape[-1] % 2 == 0:
+        raise ValueError(f'depthwise kernel {tuple(weight.shape[-2:])} must be odd-sized '
+                         'to keep the map size')
+    if x.device.type == 'cpu' and torch.is_grad_enabled():
+        return _DepthwiseConv2d.apply(x, weight, bias)
+    padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
+    return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])

@@ -1,0 +1,99 @@
+"""depthwise_conv2d (its own kernel gradient on CPU) against PyTorch's depthwise conv."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pola_mm.ops.depthwise_conv import depthwise_conv2d
+
+
+def reference(x, weight, bias):
+    padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
+    return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+
+def forward_backward(fn, inputs, grad):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad)
+    return out, [None if t is None else t.grad for t in leaves]
+
+
+# (batch, channels, height, width, kernel (h, w), memory layout of x, with bias)
+CASES = [(1, 6, 9, 11, (5, 5), 'channels_last', True),
+         (3, 4, 7, 5, (3, 3), 'contiguous', True),
+         (2, 5, 6, 13, (3, 5), 'channels_last', False),
+         (2, 8, 1, 9, (1, 3), 'contiguous', True),
+         (2, 3, 4, 4, (5, 5), 'interleaved', True)]  # kernel larger than the map
+
+
+def make_x(batch, channels, height, width, layout, gen):
+    if layout == 'interleaved':  # a channel slice of a wider (B, H*W, 3C) projection
+        wide = torch.randn(batch, height * width, 3 * channels, generator=gen, dtype=torch.float64)
+        return wide[..., channels:2 * channels].reshape(batch, height, width, channels
+                                                        ).permute(0, 3, 1, 2)
+    x = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+    if layout == 'channels_last':
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_forward_and_gradients_match_pytorch(case):
+    batch, channels, height, width, kernel, layout, with_bias = case
+    gen = torch.Generator().manual_seed(sum(kernel) + batch * channels)
+    x = make_x(batch, channels, height, width, layout, gen)
+    weight = torch.randn(channels, 1, *kernel, generator=gen, dtype=torch.float64)
+    bias = torch.randn(channels, generator=gen, dtype=torch.float64) if with_bias else None
+    grad = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+
+    out, grads = forward_backward(depthwise_conv2d, [x, weight, bias], grad)
+    ref, ref_grads = forward_backward(reference, [x, weight, bias], grad)
+    assert out.shape == (batch, channels, height, width)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for name, ours, theirs in zip(('x', 'weight', 'bias'), grads, ref_grads):
+        if theirs is None:
+            assert ours is None, name
+        else:
+            assert ours.shape == theirs.shape, name
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_gradcheck():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 1, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(depthwise_conv2d, (x, weight, bias))
+
+
+def test_only_some_inputs_need_gradients():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 6, 7, generator=gen)
+    weight = torch.randn(4, 1, 3, 3, generator=gen, requires_grad=True)
+    bias = torch.randn(4, generator=gen)
+    depthwise_conv2d(x, weight, bias).square().sum().backward()
+    expected = torch.autograd.grad(reference(x, weight, bias).square().sum(), weight)[0]
+    torch.testing.assert_close(weight.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_gives_float32_parameter_gradients():
+    """Under CPU autocast the conv runs in bf16; the float32 parameters still get float32
+    gradients close to those of PyTorch's own conv under the same autocast."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 8, 12, 10, generator=gen)
+    weight = torch.randn(8, 1, 5, 5, generator=gen)
+    bias = torch.randn(8, generator=gen)
+    grad = torch.randn(2, 8, 12, 10, generator=gen).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, grads = forward_backward(depthwise_conv2d, [x, weight, bias], grad)
+        ref, ref_grads = forward_backward(reference, [x, weight, bias], grad)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    for ours, theirs in zip(grads, ref_grads):
+        assert ours.dtype == theirs.dtype == torch.float32
+        assert ((ours - theirs).norm() / theirs.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize('kernel', [(4, 4), (3, 2)])
+def test_even_kernel_is_rejected(kernel):
+    with pytest.raises(ValueError, match='odd'):
+        depthwise_conv2d(torch.randn(1, 2, 8, 8), torch.randn(2, 1, *kernel), None)
