@@ -57,11 +57,14 @@ def weights_location(checkpoint: Mapping) -> Optional[str]:
     return next((k for k in WEIGHT_KEYS if isinstance(checkpoint.get(k), Mapping)), None)
 
 
-def select_model_weights(checkpoint: Mapping, path: str = '<checkpoint>') -> Dict[str, Tensor]:
+def select_model_weights(checkpoint: Mapping, path: str = '<checkpoint>',
+                         prefix: Optional[str] = None) -> Dict[str, Tensor]:
     """Weights of a released file: under 'model', else 'state_dict', else the dict itself.
 
-    ``module.`` and ``backbone.`` prefixes are removed. EMA weights
-    (``'state_dict_ema'``) are never picked silently.
+    A ``module.`` prefix is removed. With ``prefix`` (e.g. ``'backbone'`` for a whole
+    detector's checkpoint) only the keys under it are kept, without it; otherwise an
+    optional ``backbone.`` prefix is removed. EMA weights (``'state_dict_ema'``) are never
+    picked silently.
     """
     location = weights_location(checkpoint)
     if location is None and 'state_dict_ema' in checkpoint:
@@ -73,13 +76,23 @@ def select_model_weights(checkpoint: Mapping, path: str = '<checkpoint>') -> Dic
         raise RuntimeError(f'checkpoint {path}: the weights under '
                            f'{location or "the top level"} contain non-tensor entries '
                            f'{not_tensors[:5]}')
-    return {re.sub(r'^(module\.)?(backbone\.)?', '', k): v for k, v in state_dict.items()}
+    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}
+    if prefix is None:
+        return {re.sub(r'^backbone\.', '', k): v for k, v in state_dict.items()}
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not selected:
+        raise RuntimeError(f'checkpoint {path} has no weights under the prefix {prefix!r}; '
+                           f'its keys begin {sorted({k.split(".")[0] for k in state_dict})}')
+    return selected
 
 
-def load_official_state_dict(path: str) -> Tuple[Dict[str, Tensor], Dict]:
-    """All weights of a released file (classifier included) and where they came from."""
+def load_official_state_dict(path: str, prefix: Optional[str] = None
+                             ) -> Tuple[Dict[str, Tensor], Dict]:
+    """All weights of a released file (classifier included), or those under ``prefix``
+    (see :func:`select_model_weights`), and where they came from."""
     checkpoint = load_checkpoint_file(path)
-    state_dict = select_model_weights(checkpoint, path)
+    state_dict = select_model_weights(checkpoint, path, prefix)
     location = weights_location(checkpoint)
     info = dict(path=path, source=repr(location) if location else 'the top level',
                 other_entries=sorted(k for k in checkpoint if k not in WEIGHT_KEYS)
@@ -203,13 +216,17 @@ def load_model_checkpoint(model: nn.Module, path: str) -> Dict[str, List[str]]:
         raise RuntimeError(f'{path} does not fit the model: {error}') from None
 
 
-def load_pretrained_backbone(backbone: nn.Module, path: str) -> Dict[str, List[str]]:
+def load_pretrained_backbone(backbone: nn.Module, path: str,
+                             prefix: Optional[str] = None) -> Dict[str, List[str]]:
     """Load a released (or pola_mm) checkpoint into a Pola backbone and log a report.
 
     Keys of the backbone that the file lacks are only accepted for Pola-Swin's new output
     norms ``norm0``-``norm2``; the rest must match (positional tables are resized).
+    ``prefix`` (e.g. ``'backbone'``) takes the backbone out of a whole model's checkpoint.
     """
-    state_dict, info = load_official_state_dict(path)
+    state_dict, info = load_official_state_dict(path, prefix)
+    if prefix is not None:
+        info['source'] += f' with the prefix {prefix!r}'
     conversion: Dict[str, List[str]] = {}
     converted = convert_official_state_dict(state_dict, backbone, conversion)
     expected_new = tuple(f'norm{i}.' for i in range(3))

@@ -205,3 +205,34 @@ def test_init_cfg_logs_the_report(tmp_path, capsys):
     logged = capsys.readouterr()
     text = logged.out + logged.err
     assert 'Loaded' in text and '174 loaded' in text and '2 dropped' in text
+
+
+@pytest.mark.parametrize('prefix', ['backbone', 'backbone.'])
+def test_init_cfg_prefix_takes_the_backbone_out_of_a_detector_checkpoint(tmp_path, prefix):
+    """A whole detector's checkpoint (as tools/train.py writes it) initialises a backbone
+    through ``prefix``; without it the neck's keys do not fit."""
+    trained = PolaPVT('tiny')
+    trained.init_weights()
+    weights = {f'backbone.{k}': v for k, v in trained.state_dict().items()}
+    weights['neck.lateral_convs.0.conv.weight'] = torch.zeros(8, 64, 1, 1)
+    path = tmp_path / 'detector.pth'
+    torch.save({'meta': {'epoch': 3}, 'state_dict': weights}, path)
+
+    backbone = PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                             prefix=prefix))
+    backbone.init_weights()
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(backbone.state_dict()[name], value, rtol=0, atol=0,
+                                   msg=name)
+    with pytest.raises(RuntimeError, match=r'unexpected keys 1 \(neck.lateral_convs'):
+        load_pretrained_backbone(PolaPVT('tiny'), str(path))
+    with pytest.raises(RuntimeError, match=r"no weights under the prefix 'model.backbone.'; "
+                       r"its keys begin \['backbone', 'neck'\]"):
+        load_pretrained_backbone(PolaPVT('tiny'), str(path), prefix='model.backbone')
+
+
+def test_malformed_pretrained_init_cfg_is_named():
+    for init_cfg in (dict(type='Pretrained', checkpiont='x.pth'),
+                     dict(type='Pretrained', checkpoint='x.pth', prefixes='backbone')):
+        with pytest.raises(ValueError, match='malformed Pretrained init_cfg'):
+            PolaPVT('tiny', init_cfg=init_cfg).init_weights()

@@ -7,11 +7,13 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 TRUNC_NORMAL_TABLES = ('pos_embed', 'relative_position_bias_table')
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')  # as MMEngine's
 
 
 class PolaBackbone(BaseModule):
     """What Pola-Swin and Pola-PVT share: initialisation (official, or a released
-    checkpoint through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``) and the
+    checkpoint through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, with
+    ``prefix='backbone'`` from a whole detector's or segmentor's checkpoint) and the
     ``frozen_stages`` / ``norm_eval`` behaviour of :meth:`train`.
 
     Subclasses set ``frozen_stages`` and ``norm_eval`` and implement ``_freeze_stages``.
@@ -23,7 +25,12 @@ class PolaBackbone(BaseModule):
         ``positional_encoding`` stay zero. With a ``Pretrained`` init_cfg, load it."""
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
             from ..checkpoint import load_pretrained_backbone
-            load_pretrained_backbone(self, self.init_cfg['checkpoint'])
+            unknown = set(self.init_cfg) - set(PRETRAINED_KEYS)
+            if unknown or 'checkpoint' not in self.init_cfg:
+                raise ValueError(f'malformed Pretrained init_cfg {dict(self.init_cfg)}: it '
+                                 f'takes {PRETRAINED_KEYS}, with checkpoint required')
+            load_pretrained_backbone(self, self.init_cfg['checkpoint'],
+                                     self.init_cfg.get('prefix'))
             return
         super().init_weights()
         for module in self.modules():
