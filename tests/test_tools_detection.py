@@ -300,3 +300,20 @@ def test_config_builds_with_its_released_backbone(config):
     assert [f.shape[1] for f in features] == list(cfg.model.neck.in_channels)
     assert [f.shape[-2:] for f in features] == [
         (-(-64 // s), -(-96 // s)) for s in (4, 8, 16, 32)]
+
+    # the paper's optimiser: weight decay 1e-4 except on norms, positional tables and the
+    # Pola attention's scale and power
+    from mmengine.optim import build_optim_wrapper
+    optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+    assert (type(optimizer).__name__, optimizer.defaults['lr']) == ('AdamW', 1e-4)
+    decay = {id(p): group['weight_decay'] for group in optimizer.param_groups
+             for p in group['params']}
+    no_decay = ('norm', 'pos_embed', 'positional_encoding', 'relative_position_bias_table',
+                'attn.scale', 'attn.power')
+    names = [name for name, _ in model.named_parameters()]
+    assert any(name.endswith('attn.power') for name in names)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        expected = 0 if any(key in name for key in no_decay) else 1e-4
+        assert decay[id(param)] == expected, name

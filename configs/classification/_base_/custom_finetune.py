@@ -5,7 +5,7 @@
 # `num_classes`; change both `model.head.num_classes` and `data_preprocessor.num_classes`
 # to your class count, e.g.
 #   --cfg-options model.head.num_classes=37 data_preprocessor.num_classes=37
-_base_ = ['mmpretrain::_base_/default_runtime.py']
+_base_ = ['mmpretrain::_base_/default_runtime.py', '../../_base_/pola_no_weight_decay.py']
 
 data_root = 'data/custom'
 image_size = 224
@@ -54,21 +54,16 @@ val_evaluator = dict(type='Accuracy', topk=(1, ))
 test_evaluator = val_evaluator
 
 # AdamW, lr 1e-4 at a total batch of 256 (8 GPUs x 32), cosine over 30 epochs after a
-# one-epoch warm-up. No weight decay on norms, biases, positional tables and the Pola
-# attention's scale/power parameters.
+# one-epoch warm-up. No weight decay on biases and on the parameters of
+# ../../_base_/pola_no_weight_decay.py (norms, positional tables, the Pola attention's
+# scale and power).
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999)),
     clip_grad=dict(max_norm=5.0),
     paramwise_cfg=dict(
         norm_decay_mult=0.0,
         bias_decay_mult=0.0,
-        custom_keys={
-            'pos_embed': dict(decay_mult=0.0),
-            '.positional_encoding': dict(decay_mult=0.0),
-            '.relative_position_bias_table': dict(decay_mult=0.0),
-            '.attn.scale': dict(decay_mult=0.0),
-            '.attn.power': dict(decay_mult=0.0),
-        }))
+        custom_keys={{_base_.pola_no_decay_keys}}))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=True, end=1,
          convert_to_iter_based=True),

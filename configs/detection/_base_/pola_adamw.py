@@ -1,21 +1,13 @@
 # The paper's detection optimiser (PolaFormer, ICLR 2025, Sec. 5 / Table 2): AdamW,
-# lr 1e-4, weight decay 1e-4, batch 16 (8 GPUs x 2 images). No weight decay on
-# normalisation layers ('norm' also matches norm1, norm2 and downsample.norm), on the
-# positional encodings, or on the Pola attention's learnable scale and power.
+# lr 1e-4, weight decay 1e-4, batch 16 (8 GPUs x 2 images), no weight decay on the
+# parameters of ../../_base_/pola_no_weight_decay.py.
 # Bases may not share keys, so a config takes this one by
 # `optim_wrapper = {{_base_.pola_optim_wrapper}}`. The batch size (2 per GPU) and
 # auto_scale_lr = dict(enable=False, base_batch_size=16) come from mmdet's bases.
+_base_ = ['../../_base_/pola_no_weight_decay.py']
+
 pola_optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            'pos_embed': dict(decay_mult=0.),
-            'positional_encoding': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            'attn.scale': dict(decay_mult=0.),
-            'attn.power': dict(decay_mult=0.),
-        }))
-
+    paramwise_cfg=dict(custom_keys={{_base_.pola_no_decay_keys}}))

@@ -1,0 +1,14 @@
+# Parameters the paper's recipes train without weight decay, as MMEngine custom_keys
+# (a key matches every parameter name that contains it): normalisation layers ('norm'
+# also matches norm1, norm2 and downsample.norm), the positional tables (PVT's pos_embed,
+# each Pola layer's positional_encoding, Swin's relative_position_bias_table) and the Pola
+# attention's learnable scale and power. Bases may not share keys, so an optimiser config
+# takes them by name: `paramwise_cfg=dict(custom_keys={{_base_.pola_no_decay_keys}})`.
+pola_no_decay_keys = {
+    'norm': dict(decay_mult=0.),
+    'pos_embed': dict(decay_mult=0.),
+    'positional_encoding': dict(decay_mult=0.),
+    'relative_position_bias_table': dict(decay_mult=0.),
+    'attn.scale': dict(decay_mult=0.),
+    'attn.power': dict(decay_mult=0.),
+}
