@@ -32,6 +32,16 @@ def test_benchmark_quick_prints_side_by_side_table():
                  'PolaPVT (lean core)'):
         assert f'| {case} |' in out, case
     assert 'fwd+bwd det / half-det (4x pixels)' in out
+    # every non-baseline row gives the range of its per-round ratios, low-high
+    rows = [line.split(' | ') for line in out.splitlines() if line.startswith('| det ')]
+    assert rows and all(len(row) == 8 for row in rows)
+    for row in rows:
+        if row[1] in ('core plain', 'mmdet ShiftWindowMSA w7', 'mmdet SRA sr8',
+                      'mmdet SwinTransformer', 'mmdet PVT-T'):
+            assert row[5] == '', row  # the group's baseline
+        else:
+            low, high = map(float, row[5].split('-'))
+            assert 0 < low <= high, row
     assert 'device: cpu, 1 threads, fp32, batch 1' in out
 
 

@@ -19,7 +19,9 @@ at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmenta
 
 Times are taken with the allocator as a training process has it, the cases of a group in
 turn (round-robin over the repeats), so that drift of the machine's speed during a run
-affects each side of a ratio alike. Peak memory is measured in a child process (started
+affects each side of a ratio alike; next to the ratio of the medians the table gives the
+range of the ratios of the times taken side by side in each round, which shows how much
+the machine's noise leaves of a ratio. Peak memory is measured in a child process (started
 with ``--peaks-only``): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the process's
 peak resident set (``VmHWM``, reset before each step through ``/proc/self/clear_refs``)
 minus the resident set before the step, with glibc told to serve every allocation >= 1 MiB
@@ -149,17 +151,19 @@ def time_call_ms(fn: Callable[[], None], device: str) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def time_group(steps: List[Callable[[], None]], device: str, repeat: int) -> List[float]:
-    """Median time (ms) of each of ``steps`` after one warm-up call each, the steps taken
-    in turn (round-robin) so that a machine that slows down or speeds up over the minutes
-    of a run affects every step of a group alike."""
+def time_group(steps: List[Callable[[], None]], device: str,
+               repeat: int) -> List[List[float]]:
+    """Times (ms) of ``repeat`` calls of each of ``steps`` after one warm-up call each,
+    the steps taken in turn (round-robin) so that a machine that slows down or speeds up
+    over the minutes of a run affects every step of a group alike: the i-th times of two
+    steps were taken side by side."""
     for step in steps:
         step()
     times = [[] for _ in steps]
     for _ in range(repeat):
         for step, step_times in zip(steps, times):
             step_times.append(time_call_ms(step, device))
-    return [statistics.median(step_times) for step_times in times]
+    return times
 
 
 def outputs_sum(out) -> Tensor:
@@ -206,7 +210,8 @@ class Case:
 
 def time_cases(cases: List['Case'], device: str, dtype: torch.dtype,
                repeat: int) -> List[Dict]:
-    """fwd and fwd_bwd medians (ms) of the cases, each group's cases timed round-robin."""
+    """fwd and fwd_bwd medians (ms) of the cases and the fwd_bwd time of every round
+    (``fwd_bwd_rounds``), each group's cases timed round-robin."""
     results = {}
     for group in dict.fromkeys(case.group for case in cases):
         members = [case for case in cases if case.group == group]
@@ -214,8 +219,9 @@ def time_cases(cases: List['Case'], device: str, dtype: torch.dtype,
         forward_times = time_group([forward for forward, _ in steps], device, repeat)
         train_times = time_group([train for _, train in steps], device, repeat)
         del steps
-        for case, fwd, fwd_bwd in zip(members, forward_times, train_times):
-            results[case] = {'fwd': fwd, 'fwd_bwd': fwd_bwd}
+        for case, fwd_rounds, fwd_bwd_rounds in zip(members, forward_times, train_times):
+            fwd, fwd_bwd = statistics.median(fwd_rounds), statistics.median(fwd_bwd_rounds)
+            results[case] = {'fwd': fwd, 'fwd_bwd': fwd_bwd, 'fwd_bwd_rounds': fwd_bwd_rounds}
             print_log(f'{case.group} | {case.name}: fwd {fwd:.1f} ms, fwd+bwd '
                       f'{fwd_bwd:.1f} ms')
     return [results[case] for case in cases]
@@ -322,18 +328,27 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
     return cases
 
 
+def ratio_range(rounds: List[float], base_rounds: List[float]) -> str:
+    """Lowest and highest ratio of times taken side by side in the same round."""
+    ratios = [time / base for time, base in zip(rounds, base_rounds)]
+    return f'{min(ratios):.2f}-{max(ratios):.2f}'
+
+
 def format_table(rows: List[Dict], device_label: str) -> str:
-    """Markdown table; ratios are against the first row of each group (the baseline)."""
+    """Markdown table; ratios are against the first row of each group (the baseline):
+    that of the medians and, for the time, the range of the ratios within one round."""
     unit = 'GiB'
     lines = [f'device: {device_label}', '',
-             '| group | case | fwd ms | fwd+bwd ms | ratio fwd+bwd | peak ' + unit +
-             ' | ratio peak |', '|---|---|---:|---:|---:|---:|---:|']
+             '| group | case | fwd ms | fwd+bwd ms | ratio fwd+bwd | range over rounds | '
+             'peak ' + unit + ' | ratio peak |', '|---|---|---:|---:|---:|---:|---:|---:|']
     baselines = {}
     for row in rows:
         base = baselines.setdefault(row['group'], row)
+        spread = '' if row is base else ratio_range(row['fwd_bwd_rounds'],
+                                                    base['fwd_bwd_rounds'])
         lines.append(
             f"| {row['group']} | {row['name']} | {row['fwd']:.1f} | {row['fwd_bwd']:.1f} | "
-            f"{row['fwd_bwd'] / base['fwd_bwd']:.2f} | {row['peak'] / 2**30:.3f} | "
+            f"{row['fwd_bwd'] / base['fwd_bwd']:.2f} | {spread} | {row['peak'] / 2**30:.3f} | "
             f"{row['peak'] / max(base['peak'], 1):.2f} |")
     return '\n'.join(lines)
 
