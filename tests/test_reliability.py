@@ -19,6 +19,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -279,3 +280,57 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ['file.pth']
     write_text_atomic(path, 'new')
     assert open(path).read() == 'new' and os.listdir(tmp_path) == ['file.pth']
+
+
+class RisingMetric(BaseMetric):
+    """'acc' 1, 2, 3, ... at successive evaluations: every validation is a new best."""
+
+    def __init__(self):
+        super().__init__()
+        self.evaluations = 0
+
+    def process(self, data_batch, data_samples):
+        self.results.append(0)
+
+    def compute_metrics(self, results):
+        self.evaluations += 1
+        return dict(acc=self.evaluations)
+
+
+def test_previous_best_checkpoint_is_deleted_after_the_new_one_is_saved(tmp_path):
+    """MMEngine deletes best_acc_epoch_1.pth before writing best_acc_epoch_2.pth, so that
+    a run killed in between keeps no best checkpoint; AtomicCheckpointHook deletes it after."""
+    from mmengine.registry import DATASETS, METRICS, MODELS
+    from mmengine.testing.runner_test_case import ToyDataset, ToyModel
+
+    from pola_mm.engine import PolaRunner
+    MODELS.register_module(module=ToyModel, force=True)
+    DATASETS.register_module(module=ToyDataset, force=True)
+    METRICS.register_module(module=RisingMetric, force=True)
+    loader = dict(dataset=dict(type='ToyDataset'), batch_size=4, num_workers=0,
+                  sampler=dict(type='DefaultSampler', shuffle=False))
+    runner = PolaRunner(
+        model=dict(type='ToyModel'), work_dir=str(tmp_path), train_dataloader=loader,
+        val_dataloader=loader, val_evaluator=dict(type='RisingMetric'),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        train_cfg=dict(by_epoch=True, max_epochs=3, val_interval=1), val_cfg=dict(),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1,
+                                           save_best='acc', rule='greater')),
+        default_scope='mmengine')
+    on_disk_while_saving = {}
+    save_checkpoint = runner.save_checkpoint
+
+    def recording_save_checkpoint(out_dir, filename, *args, **kwargs):
+        on_disk_while_saving[filename] = sorted(f for f in os.listdir(out_dir)
+                                                if f.startswith('best_'))
+        return save_checkpoint(out_dir, filename, *args, **kwargs)
+
+    runner.save_checkpoint = recording_save_checkpoint
+    runner.train()
+    assert any(isinstance(hook, AtomicCheckpointHook) for hook in runner.hooks)
+    assert on_disk_while_saving['best_acc_epoch_1.pth'] == []
+    assert on_disk_while_saving['best_acc_epoch_2.pth'] == ['best_acc_epoch_1.pth']
+    assert on_disk_while_saving['best_acc_epoch_3.pth'] == ['best_acc_epoch_2.pth']
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith('best_')) == [
+        'best_acc_epoch_3.pth']
+    assert runner.message_hub.get_info('best_ckpt') == str(tmp_path / 'best_acc_epoch_3.pth')

@@ -4,6 +4,7 @@
 (``default_hooks.checkpoint``), with the same arguments.
 """
 import os.path as osp
+from typing import List, Optional
 
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
@@ -27,6 +28,8 @@ class AtomicCheckpointHook(CheckpointHook):
     * with ``max_keep_ckpts``, an outdated checkpoint is deleted after the new one and
       ``last_checkpoint`` are on disk; MMEngine deletes it first, so that a run killed
       while saving could be left with no checkpoint at all;
+    * with ``save_best``, the previous best checkpoint is likewise deleted only after the
+      new best one is saved;
     * the temporary files of saves that an earlier run did not finish are deleted before
       training.
 
@@ -70,8 +73,42 @@ class AtomicCheckpointHook(CheckpointHook):
             return
         write_text_atomic(osp.join(runner.work_dir, LAST_CHECKPOINT), self.last_ckpt)
         if outdated is not None:
-            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated))
-            if self.file_backend.isfile(path):
-                self.file_backend.remove(path)
-            elif self.file_backend.isdir(path):  # DeepSpeed saves directories
-                self.file_backend.rmtree(path)
+            self._remove_checkpoint(
+                self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(outdated)))
+
+    def _remove_checkpoint(self, path: str) -> None:
+        if self.file_backend.isfile(path):
+            self.file_backend.remove(path)
+        elif self.file_backend.isdir(path):  # DeepSpeed saves directories
+            self.file_backend.rmtree(path)
+
+    def _best_paths(self) -> List[Optional[str]]:
+        """The best checkpoint's path per key indicator (None before the first)."""
+        if len(self.key_indicators) == 1:  # MMEngine's attribute for one indicator
+            return [self.best_ckpt_path]
+        return [self.best_ckpt_path_dict.get(key) for key in self.key_indicators]
+
+    def _set_best_paths(self, paths: List[Optional[str]]) -> None:
+        if len(self.key_indicators) == 1:
+            self.best_ckpt_path = paths[0]
+        else:
+            self.best_ckpt_path_dict.update(zip(self.key_indicators, paths))
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """MMEngine's, with the paths of the previous best checkpoints hidden from it (so
+        that it deletes none of them), then deleting those it replaced."""
+        if not self.save_best:
+            return
+        previous = self._best_paths()
+        self._set_best_paths([None] * len(previous))
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            current = self._best_paths()
+            self._set_best_paths([new or old for new, old in zip(current, previous)])
+        if not is_main_process():
+            return
+        for old, new in zip(previous, current):
+            if old is not None and new is not None and new != old:
+                self._remove_checkpoint(old)
+                runner.logger.info(f'The previous best checkpoint {old} is removed')
