@@ -300,8 +300,9 @@ class RisingMetric(BaseMetric):
 def test_previous_best_checkpoint_is_deleted_after_the_new_one_is_saved(tmp_path):
     """MMEngine deletes best_acc_epoch_1.pth before writing best_acc_epoch_2.pth, so that
     a run killed in between keeps no best checkpoint; AtomicCheckpointHook deletes it after."""
-    from mmengine.registry import DATASETS, METRICS, MODELS
+    from mmengine.registry import DATASETS, METRICS, MODELS, DefaultScope
     from mmengine.testing.runner_test_case import ToyDataset, ToyModel
+    from mmengine.visualization import Visualizer
 
     from pola_mm.engine import PolaRunner
     MODELS.register_module(module=ToyModel, force=True)
@@ -326,7 +327,11 @@ def test_previous_best_checkpoint_is_deleted_after_the_new_one_is_saved(tmp_path
         return save_checkpoint(out_dir, filename, *args, **kwargs)
 
     runner.save_checkpoint = recording_save_checkpoint
-    runner.train()
+    try:
+        runner.train()
+    finally:  # later runners' get_current_instance() must find their own, not these
+        Visualizer._instance_dict.pop(runner.visualizer.instance_name, None)
+        DefaultScope._instance_dict.pop(runner.default_scope.instance_name, None)
     assert any(isinstance(hook, AtomicCheckpointHook) for hook in runner.hooks)
     assert on_disk_while_saving['best_acc_epoch_1.pth'] == []
     assert on_disk_while_saving['best_acc_epoch_2.pth'] == ['best_acc_epoch_1.pth']
