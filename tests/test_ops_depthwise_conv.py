@@ -1,9 +1,10 @@
-"""depthwise_conv2d (its own kernel gradient on CPU) against PyTorch's depthwise conv."""
+"""depthwise_conv2d (its own kernel gradient on CPU) and the head-shared conv module
+against PyTorch's depthwise conv."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pola_mm.ops.depthwise_conv import depthwise_conv2d
+from pola_mm.ops.depthwise_conv import HeadSharedDepthwiseConv2d, depthwise_conv2d
 
 
 def reference(x, weight, bias):
@@ -97,3 +98,27 @@ def test_bf16_autocast_gives_float32_parameter_gradients():
 def test_even_kernel_is_rejected(kernel):
     with pytest.raises(ValueError, match='odd'):
         depthwise_conv2d(torch.randn(1, 2, 8, 8), torch.randn(2, 1, *kernel), None)
+
+
+def test_head_shared_conv_applies_one_kernel_to_every_head():
+    torch.manual_seed(0)
+    heads, dims, height, width = 3, 4, 6, 7
+    conv = HeadSharedDepthwiseConv2d(dims, 5, heads).double()
+    assert {k: tuple(v.shape) for k, v in conv.state_dict().items()} == {
+        'weight': (dims, 1, 5, 5), 'bias': (dims, )}  # the official checkpoints' layout
+    x = torch.randn(2, heads * dims, height, width, dtype=torch.float64, requires_grad=True)
+    out = conv(x)
+    per_head = reference(x.reshape(2 * heads, dims, height, width), conv.weight, conv.bias)
+    torch.testing.assert_close(out, per_head.reshape(out.shape), rtol=0, atol=1e-12)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ours = conv.weight.grad.clone(), conv.bias.grad.clone(), x.grad.clone()
+    conv.zero_grad(), x.grad.zero_()
+    per_head.backward(grad.reshape(per_head.shape))
+    for mine, theirs in zip(ours, (conv.weight.grad, conv.bias.grad, x.grad)):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10)
+
+
+def test_head_shared_conv_rejects_an_even_kernel():
+    with pytest.raises(ValueError, match='kernel_size must be odd'):
+        HeadSharedDepthwiseConv2d(4, 4, 2)

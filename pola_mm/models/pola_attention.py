@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.depthwise_conv import depthwise_conv2d
+from ..ops.depthwise_conv import HeadSharedDepthwiseConv2d
 from ..ops.polarity_attention import check_attention_impl, polarity_linear_attention
 from .pos_embed import resize_token_grid
 
@@ -58,8 +58,6 @@ class PolaLinearAttention(nn.Module):
         if embed_dims % num_heads or (embed_dims // num_heads) % 2:
             raise ValueError(f'embed_dims {embed_dims} must split into {num_heads} heads '
                              'of an even number of channels')
-        if kernel_size % 2 == 0:
-            raise ValueError(f'kernel_size must be odd to keep the map size, got {kernel_size}')
         if sr_ratio > 1 and projection != 'qg_kv':
             raise ValueError("sr_ratio > 1 needs projection='qg_kv'")
         self.embed_dims = embed_dims
@@ -81,8 +79,7 @@ class PolaLinearAttention(nn.Module):
                 self.norm = nn.LayerNorm(embed_dims)
         self.proj = nn.Linear(embed_dims, embed_dims)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.dwc = nn.Conv2d(self.head_dims, self.head_dims, kernel_size,
-                             padding=kernel_size // 2, groups=self.head_dims)
+        self.dwc = HeadSharedDepthwiseConv2d(self.head_dims, kernel_size, num_heads)
         self.power = nn.Parameter(torch.zeros(1, num_heads, 1, self.head_dims))
         self.scale = nn.Parameter(torch.zeros(1, 1, embed_dims))
         self.positional_encoding = nn.Parameter(
@@ -118,12 +115,12 @@ class PolaLinearAttention(nn.Module):
         return q, k, v, g, kv_hw
 
     def _local_mixing(self, v: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
-        """The depthwise conv ``dwc`` on the values of every head, (B, n, C) -> (B, N, C).
+        """The depthwise conv ``dwc`` (kernel shared by the heads) on the values of every
+        head, (B, n, C) -> (B, N, C).
 
-        Its kernel is shared by the heads; applied as one conv over all C channels with the
-        kernel repeated per head, on the channels-last (B, C, H, W) view of v, whose output
-        is (B, N, C) again without a copy. With reduced keys, v is first interpolated
-        linearly over the flattened tokens to the query count (as the official code)."""
+        Applied to the channels-last (B, C, H, W) view of v, whose output is (B, N, C)
+        again without a copy. With reduced keys, v is first interpolated linearly over the
+        flattened tokens to the query count (as the official code)."""
         batch, _, channels = v.shape
         height, width = hw_shape
         if self.sr_ratio > 1:
@@ -131,9 +128,7 @@ class PolaLinearAttention(nn.Module):
             v = v.reshape(batch, channels, height, width)
         else:
             v = v.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-        local = depthwise_conv2d(v, self.dwc.weight.repeat(self.num_heads, 1, 1, 1),
-                                 self.dwc.bias.repeat(self.num_heads))
-        return local.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return self.dwc(v).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         """

@@ -3,7 +3,7 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 
@@ -54,3 +54,34 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     if x.device.type == 'cpu' and torch.is_grad_enabled():
         return _DepthwiseConv2d.apply(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+
+class HeadSharedDepthwiseConv2d(nn.Conv2d):
+    """Depthwise 'same' convolution of ``num_heads`` blocks of ``head_dims`` channels with
+    one (head_dims, 1, k, k) kernel and (head_dims,) bias shared by all blocks.
+
+    Its parameters are a plain depthwise ``nn.Conv2d`` over ``head_dims`` channels (the
+    official checkpoints' layout); the forward applies them to all heads at once as one
+    depthwise conv over ``num_heads * head_dims`` channels with the kernel repeated per
+    head, through :func:`depthwise_conv2d`.
+
+    Args:
+        head_dims (int): channels d of one head.
+        kernel_size (int): odd kernel size k.
+        num_heads (int): blocks h.
+    """
+
+    def __init__(self, head_dims: int, kernel_size: int, num_heads: int):
+        if kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size must be odd to keep the map size, got {kernel_size}')
+        super().__init__(head_dims, head_dims, kernel_size, padding=kernel_size // 2,
+                         groups=head_dims)
+        self.num_heads = num_heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, h*d, H, W), channel c of head i at index i*d + c -> (B, h*d, H, W)."""
+        return depthwise_conv2d(x, self.weight.repeat(self.num_heads, 1, 1, 1),
+                                self.bias.repeat(self.num_heads))
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, num_heads={self.num_heads}'
