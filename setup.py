@@ -35,7 +35,7 @@ setup(
         'regex',
     ],
     extras_require={
-        'tests': ['pytest'],
+        'tests': ['pytest>=7.3'],
         # tools/deployment/export_onnx.py: torch.onnx's dynamo exporter and the check
         'deploy': ['onnx>=1.17', 'onnxscript>=0.7', 'onnxruntime>=1.17'],
     },
