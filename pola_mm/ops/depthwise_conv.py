@@ -42,14 +42,20 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
+def check_odd_kernel(kernel_size: Tuple[int, int]) -> None:
+    """Raise ValueError unless both sides of ``kernel_size`` (kh, kw) are odd, as a 'same'
+    convolution with padding (kh // 2, kw // 2) needs."""
+    if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+        raise ValueError('kernel_size must be odd to keep the map size, got '
+                         f'{tuple(kernel_size)}')
+
+
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Depthwise 'same' convolution: (B, C, H, W) with a (C, 1, kh, kw) kernel, kh and kw
     odd, padding (kh // 2, kw // 2), and a (C,) bias -> (B, C, H, W).
 
     On CPU the backward is :class:`_DepthwiseConv2d`'s; elsewhere it is ``F.conv2d``'s."""
-    if weight.shape[-2] % 2 == 0 or weight.shape[-1] % 2 == 0:
-        raise ValueError(f'depthwise kernel {tuple(weight.shape[-2:])} must be odd-sized '
-                         'to keep the map size')
+    check_odd_kernel(weight.shape[-2:])
     padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
     if x.device.type == 'cpu' and torch.is_grad_enabled():
         return _DepthwiseConv2d.apply(x, weight, bias, padding)
@@ -72,8 +78,7 @@ class HeadSharedDepthwiseConv2d(nn.Conv2d):
     """
 
     def __init__(self, head_dims: int, kernel_size: int, num_heads: int):
-        if kernel_size % 2 == 0:
-            raise ValueError(f'kernel_size must be odd to keep the map size, got {kernel_size}')
+        check_odd_kernel((kernel_size, kernel_size))
         super().__init__(head_dims, head_dims, kernel_size, padding=kernel_size // 2,
                          groups=head_dims)
         self.num_heads = num_heads

@@ -3,8 +3,9 @@
 The algebra of :mod:`pola_mm.ops.pola_torch` in its (2d)-wide form: with
 ``Q = [q+, q-]`` and ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from
 ``P = k+^T v / n``, ``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W``
-normalised by its last two columns. Four kernels, each over one (batch x head) and a chunk of tokens, with the
-polarity features computed in registers (never written to memory) and fp32 accumulation:
+normalised by its last two columns. Four kernels, each over one (batch x head) and a chunk
+of tokens, with the polarity features computed in registers (never written to memory) and
+fp32 accumulation:
 
 * ``_key_state_kernel``: per-chunk partial sums of ``[k+, k-]^T [v, 1]`` (2d, d + 1);
 * ``_query_output_kernel``: the output and the reciprocal normalisers (N, 2);
