@@ -107,9 +107,13 @@ def _polarity_backward_(grad_pos: Tensor, grad_neg: Tensor, signed: Tensor,
 
 def signed_power(x: Tensor, power: Tensor) -> Tensor:
     """``s = sign(x) |x|^p`` (B, h, L, d) in float32, in x's memory order: both polarity maps
-    in one tensor, ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(-s)``."""
+    in one tensor, ``relu(x)^p = relu(s)`` and ``relu(-x)^p = relu(-s)``.
+
+    ``|x|^p`` is computed as ``exp(p log|x|)`` (0 at x = 0 for p > 0): on CPU ``pow`` with a
+    tensor exponent is several times slower than ``log``, ``mul`` and ``exp`` together; the
+    result is within a few 1e-6 relative of ``pow``'s (float32 rounding of ``p log|x|``)."""
     x = x.float()
-    return x.abs().pow_(power).copysign_(x)
+    return x.abs().log_().mul_(power).exp_().copysign_(x)
 
 
 def signed_power_backward_(x: Tensor, signed: Tensor, power: Tensor,
