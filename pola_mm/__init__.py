@@ -1,10 +1,10 @@
 """pola_mm: PolaFormer backbones for MMDetection, MMSegmentation and MMPretrain.
 
-Importing the package registers every model, transform, dataset and hook in the
+Importing the package registers every model, transform, hook and runner in the
 ``pola_mm`` registry scope (see :mod:`pola_mm.registry`) and the released model names
 (``pola_swin_tiny``, ..., ``pola_pvt_large``) with ``timm.create_model``.
 """
 from .version import __version__
-from . import datasets, engine, models, timm  # noqa: F401  (register their classes)
+from . import datasets, engine, models  # noqa: F401  (register their classes)
 
 __all__ = ['__version__']

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pola_mm.variants import released_model
+
 FIXTURES = Path(__file__).parent / 'fixtures'
 GOLDEN_DIR = FIXTURES / 'official_golden'
 SHAPES_FILE = FIXTURES / 'official_state_dict_shapes.json'
@@ -107,9 +109,8 @@ def official_checkpoint(state_dict: dict) -> dict:
 
 
 def official_input_size(arch: str) -> int:
-    """Input resolution of ``arch``: 384 for ``pola_swin_base_384``, else 224."""
-    official_shapes(arch)
-    return 384 if arch.endswith('_384') else 224
+    """Input resolution of the released model ``arch`` (384 for ``pola_swin_base_384``)."""
+    return released_model(arch).img_size
 
 
 def official_input(arch: str, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from official_layout import official_shapes
-from pola_mm.models import PolaPVT, PolaSwinTransformer
+from pola_mm.models import PolaPVT, PolaSwinTransformer, released_backbone
+from pola_mm.variants import RELEASED_BY_NAME
 
 TINY_SWIN = dict(embed_dims=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 4])
 TINY_PVT = dict(embed_dims=[16, 32, 32, 64], depths=[1, 2, 1, 1], num_heads=[1, 1, 1, 2],
@@ -14,23 +15,13 @@ SMALL_BACKBONES = {
 }
 
 
-@pytest.mark.parametrize('arch,build', [
-    ('pola_swin_tiny', lambda: PolaSwinTransformer('tiny')),
-    ('pola_swin_small', lambda: PolaSwinTransformer('small')),
-    ('pola_swin_base', lambda: PolaSwinTransformer('base')),
-    ('pola_swin_base_384', lambda: PolaSwinTransformer('base', pretrain_img_size=384,
-                                                       window_size=12)),
-    ('pola_pvt_tiny', lambda: PolaPVT('tiny')),
-    ('pola_pvt_small', lambda: PolaPVT('small')),
-    ('pola_pvt_medium', lambda: PolaPVT('medium')),
-    ('pola_pvt_large', lambda: PolaPVT('large')),
-])
-def test_parameters_match_official_layout(arch, build):
+@pytest.mark.parametrize('arch', sorted(RELEASED_BY_NAME))
+def test_parameters_match_official_layout(arch):
     """Same keys and shapes as the official checkpoint (minus classifier and buffers);
     Pola-Swin's official `norm` is our `norm3` and norm0-2 are its extra output norms."""
     official = {k: v for k, v in official_shapes(arch).items()
                 if not k.startswith('head.') and not k.endswith(('_index', 'attn_mask'))}
-    ours = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in released_backbone(arch).state_dict().items()}
     if 'swin' in arch:
         official = {k.replace('norm.', 'norm3.', 1) if k.startswith('norm.') else k: v
                     for k, v in official.items()}
@@ -115,6 +106,24 @@ def test_frozen_stages(family):
     sum(o.sum() for o in outs).backward()
     for module in frozen:
         assert all(p.grad is None for p in module.parameters())
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_frozen_stages_zero_freezes_the_stem_in_every_family(family):
+    """``frozen_stages`` means the same in both families: 0 freezes the first patch
+    embedding (and its positional table) only, -1 nothing."""
+    backbone = SMALL_BACKBONES[family](frozen_stages=0).train()
+    stem = backbone.patch_embed if family == 'swin' else backbone.patch_embed1
+    first_stage = backbone.layers[0] if family == 'swin' else backbone.block1
+    assert not stem.training and all(not p.requires_grad for p in stem.parameters())
+    assert first_stage.training and all(p.requires_grad for p in first_stage.parameters())
+    if family == 'pvt':
+        assert not backbone.pos_embed1.requires_grad and backbone.pos_embed2.requires_grad
+    unfrozen = SMALL_BACKBONES[family](frozen_stages=-1).train()
+    not_trained = {name for name, p in unfrozen.named_parameters() if not p.requires_grad}
+    # Pola-PVT's official final norm is unused and always frozen (see PolaPVT)
+    assert not_trained == ({'norm.weight', 'norm.bias'} if family == 'pvt' else set())
+    assert all(module.training for module in unfrozen.modules())
 
 
 def test_pvt_unused_norm_is_frozen_unless_asked_for():

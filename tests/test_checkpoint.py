@@ -1,4 +1,5 @@
 """Reading released checkpoints: safe unpickling, key mapping, reports and clear errors."""
+import ast
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from mmengine.logging import MMLogger
 
 from official_layout import (official_checkpoint, official_layout_state_dict,
                              official_shapes)
-from pola_mm.checkpoint import (load_checkpoint_file, load_pretrained_backbone,
+from pola_mm.checkpoint import (load_pretrained_backbone, read_checkpoint,
                                 select_model_weights)
-from pola_mm.models import PolaPVT, PolaSwinTransformer
+from pola_mm.models import PolaPVT, PolaSwinTransformer, released_backbone
+from pola_mm.variants import RELEASED_BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,17 +24,6 @@ OFFICIAL_KEY_COUNTS = {
     'pola_swin_tiny': 187, 'pola_swin_small': 343, 'pola_swin_base': 343,
     'pola_swin_base_384': 343, 'pola_pvt_tiny': 174, 'pola_pvt_small': 326,
     'pola_pvt_medium': 554, 'pola_pvt_large': 801,
-}
-BUILD = {
-    'pola_swin_tiny': lambda: PolaSwinTransformer('tiny'),
-    'pola_swin_small': lambda: PolaSwinTransformer('small'),
-    'pola_swin_base': lambda: PolaSwinTransformer('base'),
-    'pola_swin_base_384': lambda: PolaSwinTransformer('base', pretrain_img_size=384,
-                                                      window_size=12),
-    'pola_pvt_tiny': lambda: PolaPVT('tiny'),
-    'pola_pvt_small': lambda: PolaPVT('small'),
-    'pola_pvt_medium': lambda: PolaPVT('medium'),
-    'pola_pvt_large': lambda: PolaPVT('large'),
 }
 
 # A stand-in for the authors' yacs CfgNode, pickled under yacs' real module path.
@@ -67,11 +58,11 @@ def save_released_file(path, arch, with_yacs=True):
     os.remove(f'{path}.tmp')
 
 
-@pytest.mark.parametrize('arch', sorted(OFFICIAL_KEY_COUNTS))
+@pytest.mark.parametrize('arch', sorted(RELEASED_BY_NAME))
 def test_released_layout_loads_every_key(arch, tmp_path):
     path = tmp_path / f'{arch}.pth'
     torch.save(official_checkpoint(official_layout_state_dict(arch)), path)
-    report = load_pretrained_backbone(BUILD[arch](), str(path))
+    report = load_pretrained_backbone(released_backbone(arch), str(path))
     assert len(report['loaded']) == OFFICIAL_KEY_COUNTS[arch]
     assert report['resized'] == []
     assert sorted(report['dropped']) == ['head.bias', 'head.weight']
@@ -92,7 +83,7 @@ def test_buffers_and_wrapper_prefixes_of_a_training_file_are_dropped(tmp_path):
     weights.update(buffers)
     path = tmp_path / 'wrapped.pth'
     torch.save({'state_dict': {f'module.backbone.{k}': v for k, v in weights.items()}}, path)
-    report = load_pretrained_backbone(BUILD['pola_swin_tiny'](), str(path))
+    report = load_pretrained_backbone(released_backbone('pola_swin_tiny'), str(path))
     assert len(report['loaded']) == 187
     assert sorted(report['dropped']) == sorted(['head.bias', 'head.weight', *buffers])
 
@@ -106,10 +97,10 @@ def test_yacs_config_loads_without_yacs(tmp_path):
     script = textwrap.dedent(f'''
         import sys
         sys.modules['yacs'] = None  # any import of yacs fails
-        from pola_mm.checkpoint import load_checkpoint_file
+        from pola_mm.checkpoint import read_checkpoint
         from pola_mm.models import PolaPVT
         from pola_mm.checkpoint import load_pretrained_backbone
-        checkpoint = load_checkpoint_file({str(path)!r})
+        checkpoint = read_checkpoint({str(path)!r})
         assert type(checkpoint['config']).__name__ == 'OrderedDict', type(checkpoint['config'])
         assert checkpoint['config']['MODEL']['TYPE'] == 'pola_swin'
         report = load_pretrained_backbone(PolaPVT('tiny'), {str(path)!r})
@@ -138,7 +129,7 @@ def test_code_in_a_pickle_is_refused_and_not_run(tmp_path):
     path = tmp_path / 'evil.pth'
     torch.save({'model': {'w': torch.zeros(1)}, 'payload': Exploit()}, path)
     with pytest.raises(RuntimeError, match='refusing to load .*evil.pth.*not a plain weights'):
-        load_checkpoint_file(str(path))
+        read_checkpoint(str(path))
     assert not marker.exists()
 
 
@@ -147,9 +138,9 @@ def test_truncated_and_missing_files_are_named(tmp_path):
     torch.save(official_checkpoint({'w': torch.randn(100, 100)}), path)
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(RuntimeError, match='cannot read checkpoint .*cut.pth'):
-        load_checkpoint_file(str(path))
+        read_checkpoint(str(path))
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
-        load_checkpoint_file(str(tmp_path / 'nowhere.pth'))
+        read_checkpoint(str(tmp_path / 'nowhere.pth'))
 
 
 def test_weights_are_picked_in_the_documented_order():
@@ -236,3 +227,28 @@ def test_malformed_pretrained_init_cfg_is_named():
                      dict(type='Pretrained', checkpoint='x.pth', prefixes='backbone')):
         with pytest.raises(ValueError, match='malformed Pretrained init_cfg'):
             PolaPVT('tiny', init_cfg=init_cfg).init_weights()
+
+
+def test_checkpoint_package_does_not_depend_on_the_models():
+    """Dependencies run one way: the models use pola_mm.checkpoint, never the reverse.
+    Imported in a fresh interpreter without the package's ``__init__`` (which registers
+    the models), pola_mm.checkpoint pulls in no module of pola_mm.models; and it imports
+    at module level only (no function-level import hiding a cycle)."""
+    script = textwrap.dedent(f'''
+        import sys, types
+        package = types.ModuleType('pola_mm')
+        package.__path__ = [{str(ROOT / 'pola_mm')!r}]
+        sys.modules['pola_mm'] = package
+        import pola_mm.checkpoint
+        print(' '.join(sorted(m for m in sys.modules if m.startswith('pola_mm.'))))
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = result.stdout.split()
+    assert 'pola_mm.checkpoint.loading' in imported
+    assert not [m for m in imported if m.startswith('pola_mm.models')], imported
+    for path in (ROOT / 'pola_mm' / 'checkpoint').glob('*.py'):
+        tree = ast.parse(path.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import,
+                                                                          ast.ImportFrom))]
+        assert all(node in tree.body for node in imports), f'function-level import in {path}'

@@ -25,26 +25,26 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 import pola_mm  # noqa: F401  (registers the backbones and the hook)
-from pola_mm.models.classifiers import (OfficialClassifierCheckpointHook,
-                                        describe_official_arch,
-                                        official_classifier_state_dict)
+from pola_mm.checkpoint import describe_official_arch, official_classifier_state_dict
+from pola_mm.engine import OfficialClassifierCheckpointHook
 from pola_mm.testing.imagefolder import make_shapes_imagefolder
+from pola_mm.variants import RELEASED, SWIN, ReleasedModel
 from official_layout import (GOLDEN_DIR, official_checkpoint, official_input,
                              official_input_size, official_layout_state_dict,
                              official_shapes)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'classification')
-EVAL_CONFIGS = {
-    'pola_swin_tiny': 'pola-swin-tiny_16xb64_in1k.py',
-    'pola_swin_small': 'pola-swin-small_16xb64_in1k.py',
-    'pola_swin_base': 'pola-swin-base_16xb64_in1k.py',
-    'pola_swin_base_384': 'pola-swin-base_16xb64_in1k-384px.py',
-    'pola_pvt_tiny': 'pola-pvt-tiny_16xb64_in1k.py',
-    'pola_pvt_small': 'pola-pvt-small_16xb64_in1k.py',
-    'pola_pvt_medium': 'pola-pvt-medium_16xb64_in1k.py',
-    'pola_pvt_large': 'pola-pvt-large_16xb64_in1k.py',
-}
+
+
+def eval_config_name(model: ReleasedModel) -> str:
+    """``pola-swin-tiny_16xb64_in1k.py``, ``pola-swin-base_16xb64_in1k-384px.py``, ..."""
+    stem = f'pola-{"swin" if model.family == SWIN else "pvt"}-{model.arch}'
+    size = '' if model.img_size == 224 else f'-{model.img_size}px'
+    return f'{stem}_16xb64_in1k{size}.py'
+
+
+EVAL_CONFIGS = {model.name: eval_config_name(model) for model in RELEASED}
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

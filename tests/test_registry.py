@@ -1,5 +1,6 @@
 """The backbones build once registered: from MMDetection, MMSegmentation and MMPretrain
 configs (scoped and bare type names) and from plain mmengine."""
+import os.path as osp
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ SMALL = {
                     pretrain_img_size=64),
 }
 CLASSES = {'PolaSwinTransformer': PolaSwinTransformer, 'PolaPVT': PolaPVT}
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def library_registry(scope):
@@ -82,3 +84,45 @@ print(type(model.backbone).__module__, type(model.backbone).__name__)
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith('pola_mm.models.pola_pvt PolaPVT')
+
+
+ENGINE_CLASSES = ('AtomicCheckpointHook', 'FiniteLossHook', 'RandomStateHook',
+                  'OfficialClassifierCheckpointHook', 'PolaRunner', 'LoadCheckedSegAnnotations')
+
+
+def test_engine_classes_live_in_the_pola_mm_scope_only():
+    """Hooks, the runner and transforms resolve as ``pola_mm.X`` and not bare from
+    mmengine's root registries, which every plugin shares; the backbones resolve both."""
+    from mmengine import registry as root
+    from pola_mm import registry
+    roots = (root.HOOKS, root.RUNNERS, root.TRANSFORMS, root.MODELS)
+    for name in ENGINE_CLASSES:
+        assert all(name not in r.module_dict for r in roots), name
+    assert registry.HOOKS.get('pola_mm.FiniteLossHook') is not None
+    assert root.HOOKS.get('pola_mm.RandomStateHook') is not None
+    assert root.RUNNERS.get('pola_mm.PolaRunner') is not None
+    assert root.TRANSFORMS.get('pola_mm.LoadCheckedSegAnnotations') is not None
+    for backbone in CLASSES:
+        assert root.MODELS.get(backbone) is root.MODELS.get(f'pola_mm.{backbone}')
+
+
+def test_runner_type_builds_the_pola_runner(tmp_path):
+    from mmengine.registry import RUNNERS
+
+    from pola_mm.engine import PolaRunner
+    cfg = Config(dict(
+        runner_type='pola_mm.PolaRunner', model=dict(type='PolaPVT', **SMALL['PolaPVT']),
+        work_dir=str(tmp_path), default_scope='mmengine'))
+    runner = RUNNERS.build(cfg)
+    assert type(runner) is PolaRunner
+
+
+def test_every_config_names_the_pola_runner():
+    import glob
+    configs = [path for path in glob.glob(osp.join(REPO, 'configs', '**', '*.py'),
+                                          recursive=True) if '_base_' not in path]
+    assert len(configs) > 20
+    for path in configs:
+        cfg = Config.fromfile(path)
+        assert cfg.runner_type == 'pola_mm.PolaRunner', path
+        assert 'pola_mm' in cfg.custom_imports['imports'], path

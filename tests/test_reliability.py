@@ -23,8 +23,9 @@ from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from pola_mm.checkpoint import checkpoint_globals
 from pola_mm.engine import (AtomicCheckpointHook, FiniteLossHook, RandomStateHook,
-                            atomic_write, mmengine_checkpoint_globals, write_text_atomic)
+                            atomic_write, write_text_atomic)
 from pola_mm.testing import make_shapes_coco
 from test_tools_detection import REPO, _child_config, small_options, train_tool
 
@@ -132,7 +133,7 @@ def train_in_child(tmp_path, options, hooks, **extra_options):
 
 
 def load(path):
-    with mmengine_checkpoint_globals():
+    with checkpoint_globals():
         return torch.load(path, map_location='cpu')
 
 

@@ -23,7 +23,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import save_checkpoint
 
 from official_layout import official_checkpoint, official_layout_state_dict
-from pola_mm.checkpoint import load_checkpoint_file, load_pretrained_backbone
+from pola_mm.checkpoint import load_pretrained_backbone, read_checkpoint
 from pola_mm.engine import get_random_state
 from pola_mm.models import PolaPVT
 from test_reliability import CONFIG, load, train
@@ -209,7 +209,7 @@ def test_broken_checkpoint_is_named(damage, trained, runner, tmp_path):
                    rf'CRC-32 for file \'{entry}\'\)')
         assert load(path)['meta']['epoch'] == 1  # torch.load does not see it; the init does
         with pytest.raises(RuntimeError, match=message):
-            load_checkpoint_file(str(path))
+            read_checkpoint(str(path))
     with pytest.raises(RuntimeError, match=message):
         runner.load_checkpoint(str(path))
 

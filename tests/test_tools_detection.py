@@ -20,7 +20,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from pola_mm.engine import mmengine_checkpoint_globals
+from pola_mm.checkpoint import checkpoint_globals
 from pola_mm.testing import make_shapes_coco, shapes_coco_dataloaders
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -145,7 +145,7 @@ def test_resume_continues_at_epoch_2_with_the_same_optimizer(shapes_root, tmp_pa
     config = osp.join(REPO, 'configs', 'detection', 'retinanet_pola-pvt-t_fpn_1x_coco.py')
     options, _ = small_options(config, shapes_root)
     run_train([config, '--work-dir', str(tmp_path)], options)
-    with mmengine_checkpoint_globals():
+    with checkpoint_globals():
         saved = torch.load(tmp_path / 'epoch_1.pth', map_location='cpu')
     with pytest.raises(pickle.UnpicklingError):  # the safety stays on outside the block
         torch.load(tmp_path / 'epoch_1.pth', map_location='cpu')
@@ -177,11 +177,11 @@ def test_checkpoint_globals_refuse_other_objects(tmp_path):
 
     path = tmp_path / 'other.pth'
     torch.save({'x': UnlistedGetattr()}, path)
-    with mmengine_checkpoint_globals(), pytest.raises(pickle.UnpicklingError,
+    with checkpoint_globals(), pytest.raises(pickle.UnpicklingError,
                                                       match='__init__'):
         torch.load(path)
     torch.save({'ns': __import__('argparse').Namespace(a=1)}, path)
-    with mmengine_checkpoint_globals(), pytest.raises(pickle.UnpicklingError,
+    with checkpoint_globals(), pytest.raises(pickle.UnpicklingError,
                                                       match='Namespace'):
         torch.load(path)
 

@@ -2,7 +2,7 @@
 
 The released training checkpoints pickle the authors' yacs config and the optimizer
 state next to the weights. This reads them safely (weights-only unpickling; see
-pola_mm/checkpoint.py), keeps the model weights (classifier included, as released) and
+pola_mm.checkpoint), keeps the model weights (classifier included, as released) and
 writes them as safetensors (``.safetensors``) or a weights-only ``.pth`` (``{'model': ...}``),
 printing what was kept and dropped.
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from pola_mm.checkpoint import load_checkpoint_file, select_model_weights, weights_location
+from pola_mm.checkpoint import read_checkpoint, select_model_weights, weights_location
 
 
 def convert(src: str, dst: str) -> dict:
     """Write the model weights of ``src`` to ``dst``; return what was kept and dropped."""
-    checkpoint = load_checkpoint_file(src)
+    checkpoint = read_checkpoint(src)
     weights = select_model_weights(checkpoint, src)
     location = weights_location(checkpoint)
     dropped = sorted(k for k in checkpoint if k != location) if location else []

@@ -2,6 +2,8 @@
 # where) and the neck input channels they need, shared by the detection and segmentation
 # configs. Bases may not share keys, so a config takes them by name:
 # `model = dict(backbone={{_base_.pola_pvt_tiny}}, neck=dict(in_channels={{_base_.pola_pvt_channels}}))`.
+_base_ = ['./pola_runtime.py']
+
 pola_pvt_tiny = dict(
     _delete_=True,
     type='pola_mm.PolaPVT',

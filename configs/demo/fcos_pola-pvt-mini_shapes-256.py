@@ -1,9 +1,8 @@
 # The `make demo` detector: FCOS with a 4-stage Pola-PVT of ~2M parameters, trained from
 # random init on CPU on the generated shapes dataset (256-px images, 4 classes).
 # tools/demo/shapes_detection.py generates the data and fills in the data loaders.
-_base_ = 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'
+_base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', '../_base_/pola_runtime.py']
 
-custom_imports = dict(imports=['pola_mm'], allow_failed_imports=False)
 image_size = 256
 model = dict(
     data_preprocessor=dict(

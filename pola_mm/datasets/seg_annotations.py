@@ -11,10 +11,10 @@ import os.path as osp
 import numpy as np
 from mmcv.transforms import BaseTransform
 
-from ..registry import register_transform
+from ..registry import TRANSFORMS
 
 
-@register_transform
+@TRANSFORMS.register_module()
 class LoadCheckedSegAnnotations(BaseTransform):
     """mmseg's ``LoadAnnotations`` plus checks of file, size and label range.
 

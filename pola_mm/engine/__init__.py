@@ -1,10 +1,9 @@
 """What MMEngine needs adapted for pola_mm's tools: safe and atomic checkpoints, exact
-resume, a stop at non-finite losses, CPU distributed training, pre-flight checks."""
+resume, a stop at non-finite losses, CPU distributed training, pre-flight checks, and
+released classifier files as ``load_from``."""
 from .atomic_write import atomic_write, write_text_atomic
 from .checkpoint_hook import AtomicCheckpointHook
-from .checkpoint_safety import (check_checkpoint_integrity, checkpoint_read_errors,
-                                local_checkpoint, mmengine_checkpoint_globals,
-                                read_checkpoint)
+from .classifier_checkpoint_hook import OfficialClassifierCheckpointHook
 from .finite_loss import FiniteLossHook
 from .preflight import (check_sample_files, check_training_paths, describe_dataset,
                         missing_paths)
@@ -12,10 +11,8 @@ from .random_state import RandomStateHook, get_random_state, set_random_state
 from .runner import PolaRunner, build_runner
 
 __all__ = [
-    'AtomicCheckpointHook', 'FiniteLossHook', 'PolaRunner', 'RandomStateHook', 'atomic_write',
-    'build_runner', 'check_checkpoint_integrity', 'check_sample_files', 'check_training_paths',
-    'checkpoint_read_errors', 'describe_dataset', 'local_checkpoint',
-    'get_random_state', 'mmengine_checkpoint_globals', 'missing_paths', 'read_checkpoint',
-    'set_random_state',
-    'write_text_atomic'
+    'AtomicCheckpointHook', 'FiniteLossHook', 'OfficialClassifierCheckpointHook', 'PolaRunner',
+    'RandomStateHook', 'atomic_write', 'build_runner', 'check_sample_files',
+    'check_training_paths', 'describe_dataset', 'get_random_state', 'missing_paths',
+    'set_random_state', 'write_text_atomic'
 ]

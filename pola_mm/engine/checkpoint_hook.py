@@ -10,13 +10,13 @@ from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 
-from ..registry import register_hook
+from ..registry import HOOKS
 from .atomic_write import remove_stale_temp_files, write_text_atomic
 
 LAST_CHECKPOINT = 'last_checkpoint'
 
 
-@register_hook
+@HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """Save checkpoints as MMEngine's CheckpointHook does, so that a run killed at any
     moment can resume from a complete checkpoint.

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from mmengine.hooks import Hook
 
-from ..registry import register_hook
+from ..registry import HOOKS
 
 
 def _image_paths(data_batch) -> Sequence[str]:
@@ -18,7 +18,7 @@ def _image_paths(data_batch) -> Sequence[str]:
     return [sample.img_path for sample in samples or () if 'img_path' in sample]
 
 
-@register_hook
+@HOOKS.register_module()
 class FiniteLossHook(Hook):
     """Raise :class:`FloatingPointError` after the first iteration whose loss (the total or
     any term) is NaN or infinite, naming the iteration, the loss terms and the images of

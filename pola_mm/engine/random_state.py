@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 
-from ..registry import register_hook
+from ..registry import HOOKS
 
 
 def get_random_state() -> dict:
@@ -47,7 +47,7 @@ def set_random_state(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state, device)
 
 
-@register_hook
+@HOOKS.register_module()
 class RandomStateHook(Hook):
     """Save the generators' states in checkpoints; set them at the start of each epoch to
     those of the end of the previous epoch, or of the checkpoint resumed from.

@@ -2,7 +2,7 @@
 pre-flight checks.
 
 * Checkpoints are read with ``weights_only=True`` loading, allowing only the objects
-  MMEngine itself writes, URLs too (see :mod:`.checkpoint_safety`); a refused, truncated or
+  MMEngine itself writes, URLs too (see :mod:`pola_mm.checkpoint.reader`); a refused, truncated or
   corrupted file fails with an error naming it. Resuming and evaluating load strictly:
   a checkpoint of another model fails with the keys that do not fit.
 * Checkpoints are written atomically (:mod:`.atomic_write`), ``last_checkpoint`` too
@@ -32,8 +32,9 @@ from mmengine.runner import BaseLoop, Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from torch.utils.data import DataLoader
 
+from ..checkpoint import key_listing, read_checkpoint
+from ..registry import RUNNERS as POLA_RUNNERS
 from .atomic_write import atomic_write
-from .checkpoint_safety import read_checkpoint
 from .preflight import check_sample_files, check_training_paths, describe_dataset
 
 # The default hooks PolaRunner adds to MMEngine's, or puts in place of them.
@@ -46,7 +47,6 @@ MMENGINE_DEFAULT_HOOKS = ('runtime_info', 'timer', 'sampler_seed', 'logger', 'pa
 MMENGINE_CHECKPOINT_HOOK = ('CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook)
 # What MMEngine's BaseDataset raises when it serialises an empty list of samples.
 EMPTY_DATASET_ERROR = 'need at least one array to concatenate'
-KEYS_LISTED = 8  # keys named per kind when a checkpoint does not fit the model
 
 
 def _shorten_key_lists(message: str) -> str:
@@ -56,15 +56,15 @@ def _shorten_key_lists(message: str) -> str:
     for line in message.splitlines():
         head, colon, keys = line.partition('state_dict: ')
         if colon and keys:
-            keys = keys.split(', ')
-            line = (f'{head}{colon}{len(keys)} ({", ".join(keys[:KEYS_LISTED])}'
-                    f'{", ..." if len(keys) > KEYS_LISTED else ""})')
+            line = f'{head}{colon}{key_listing(keys.split(", "))}'
         lines.append(line)
     return '\n'.join(line for line in lines if line)
 
 
+@POLA_RUNNERS.register_module()
 class PolaRunner(Runner):
-    """Drop-in :class:`mmengine.runner.Runner`; build it with ``PolaRunner.from_cfg``."""
+    """Drop-in :class:`mmengine.runner.Runner`: set ``runner_type='pola_mm.PolaRunner'``
+    in a config (every pola_mm config does), or build it with ``PolaRunner.from_cfg``."""
 
     def setup_env(self, env_cfg: dict) -> None:
         if (self.distributed and not is_distributed()
@@ -145,18 +145,15 @@ class PolaRunner(Runner):
         Raises:
             RuntimeError: naming ``filename`` when it is refused (it holds objects other
                 than plain data), truncated or corrupted (CRC-32 checked, see
-                :func:`.checkpoint_safety.check_checkpoint_integrity`), or does not fit
+                :func:`pola_mm.checkpoint.check_checkpoint_integrity`), or does not fit
                 the model.
             ValueError: when resuming from a file that is no MMEngine training checkpoint,
                 or for a URL scheme read with unrestricted unpickling (see
-                :func:`.checkpoint_safety.local_checkpoint`).
+                :func:`pola_mm.checkpoint.local_checkpoint`).
         """
         if strict is None:
             strict = not self._fine_tuning()
         checkpoint = read_checkpoint(filename, map_location)
-        if not isinstance(checkpoint, dict):
-            raise RuntimeError(f'{filename} holds a {type(checkpoint).__name__}, not a '
-                               'checkpoint dict')
         if self._resume and 'meta' not in checkpoint:
             raise ValueError(
                 f'cannot resume from {filename}: it has no training state (no "meta" entry); '

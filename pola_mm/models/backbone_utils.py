@@ -1,36 +1,54 @@
 """The base class, argument checks and helpers shared by the Pola backbones."""
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import load_pretrained_backbone
 
 TRUNC_NORMAL_TABLES = ('pos_embed', 'relative_position_bias_table')
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')  # as MMEngine's
 
 
 class PolaBackbone(BaseModule):
-    """What Pola-Swin and Pola-PVT share: initialisation (official, or a released
-    checkpoint through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, with
-    ``prefix='backbone'`` from a whole detector's or segmentor's checkpoint) and the
-    ``frozen_stages`` / ``norm_eval`` behaviour of :meth:`train`.
+    """What the Pola backbones share: initialisation (official, or a released checkpoint
+    through ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``, with
+    ``prefix='backbone'`` from a whole detector's or segmentor's checkpoint and
+    ``map_location`` as MMEngine's), the official-name conversion hook, and
+    ``frozen_stages``.
 
-    Subclasses set ``frozen_stages`` and ``norm_eval`` and implement ``_freeze_stages``.
+    ``frozen_stages`` means the same in every family: -1 freezes nothing, 0 the stem
+    (:meth:`stem_parts`), k >= 1 the stem and stages 1..k (:meth:`stage_parts`); frozen
+    parts stop their gradients and stay in eval mode when the model trains.
+    Subclasses set ``frozen_stages`` and implement :meth:`stem_parts` and
+    :meth:`stage_parts`.
     """
+
+    #: key prefixes of the backbone that released files lack (newly initialised)
+    new_key_prefixes: Tuple[str, ...] = ()
+
+    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor],
+                                    report: Optional[Dict[str, List[str]]] = None
+                                    ) -> Dict[str, Tensor]:
+        """Official backbone weights (classifier and rebuilt buffers already dropped) ->
+        this backbone's names; renamed keys go to ``report['converted']``, keys it has no
+        place for to ``report['dropped']``. The official names are the backbone's own
+        unless a family says otherwise."""
+        return dict(state_dict)
 
     def init_weights(self):
         """Official initialisation: truncated normal (std .02) for Linear weights and
         positional tables, zero biases, LayerNorm 1/0; Pola ``scale``, ``power`` and
         ``positional_encoding`` stay zero. With a ``Pretrained`` init_cfg, load it."""
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import load_pretrained_backbone
             unknown = set(self.init_cfg) - set(PRETRAINED_KEYS)
             if unknown or 'checkpoint' not in self.init_cfg:
                 raise ValueError(f'malformed Pretrained init_cfg {dict(self.init_cfg)}: it '
                                  f'takes {PRETRAINED_KEYS}, with checkpoint required')
             load_pretrained_backbone(self, self.init_cfg['checkpoint'],
-                                     self.init_cfg.get('prefix'))
+                                     self.init_cfg.get('prefix'),
+                                     self.init_cfg.get('map_location', 'cpu'))
             return
         super().init_weights()
         for module in self.modules():
@@ -45,17 +63,36 @@ class PolaBackbone(BaseModule):
             if name.rsplit('.', 1)[-1].startswith(TRUNC_NORMAL_TABLES):
                 trunc_normal_(param, std=.02)
 
-    def _freeze_stages(self):
+    def stem_parts(self) -> List[Union[nn.Module, nn.Parameter]]:
+        """What ``frozen_stages=0`` freezes: the first patch embedding (with its
+        positional table where there is one)."""
         raise NotImplementedError
 
+    def stage_parts(self, index: int) -> List[Union[nn.Module, nn.Parameter]]:
+        """What stage ``index`` (0-based) adds to the frozen parts, as the family groups
+        its modules: its downsampling, blocks and output norm."""
+        raise NotImplementedError
+
+    def frozen_parts(self) -> List[Union[nn.Module, nn.Parameter]]:
+        """The modules and parameters ``frozen_stages`` freezes."""
+        if self.frozen_stages < 0:
+            return []
+        parts = list(self.stem_parts())
+        for index in range(self.frozen_stages):
+            parts.extend(self.stage_parts(index))
+        return parts
+
+    def _freeze_stages(self):
+        for part in self.frozen_parts():
+            if isinstance(part, nn.Parameter):
+                part.requires_grad = False
+            else:
+                freeze_module(part)
+
     def train(self, mode: bool = True):
-        """Set the mode, keeping frozen stages (and BatchNorms with ``norm_eval``) in eval."""
+        """Set the mode, keeping frozen stages in eval."""
         super().train(mode)
         self._freeze_stages()
-        if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
         return self
 
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..ops.depthwise_conv import HeadSharedDepthwiseConv2d
 from ..ops.polarity_attention import check_attention_impl, polarity_linear_attention
-from .pos_embed import resize_token_grid
+from ..ops.token_grid import resize_token_grid
 
 PROJECTIONS = ('qkvg', 'qg_kv')
 

@@ -1,21 +1,22 @@
 """Pola-PVT: Pyramid Vision Transformer (v1) with polarity-aware linear attention."""
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..registry import register_model
+from ..registry import register_backbone
+from ..variants import ARCHS, PVT
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
-                             check_out_indices, freeze_module, parse_arch)
+                             check_out_indices, parse_arch)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
-from .pos_embed import resize_token_grid
+from ..ops.token_grid import resize_token_grid
 
 BLOCK_NORM_EPS = 1e-6  # the official blocks use 1e-6; patch embeds keep 1e-5
 
 
-@register_model
+@register_backbone
 class PolaPVT(PolaBackbone):
     """Pola-PVT backbone (PolaFormer, ICLR 2025) for detection, segmentation and
     classification.
@@ -51,21 +52,18 @@ class PolaPVT(PolaBackbone):
         drop_rate (float): dropout after projections and positional embeddings.
         drop_path_rate (float): maximal stochastic depth, linearly increasing per block.
         out_indices (Sequence[int]): stages whose outputs are returned (0-3).
-        frozen_stages (int): -1 freezes nothing, k freezes stages 1..k.
-        norm_eval (bool): keep BatchNorm layers in eval mode while training.
+        frozen_stages (int): -1 freezes nothing, 0 the first patch embedding and its
+            positional table, k also stages 1..k (their patch embeddings, positional
+            tables and blocks).
         final_norm (bool): apply the official ``norm`` to the last stage's output.
         with_cp (bool): activation checkpointing per block.
         attn_impl (str): implementation of the Pola attention core: 'auto' (fused Triton
-            kernels on CUDA, PyTorch elsewhere), 'torch' or 'triton'.
+            kernels on CUDA, PyTorch elsewhere), 'torch', 'triton' or 'reference' (the
+            plain official math, for checks).
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 
-    arch_zoo: Dict[str, Dict] = {
-        name: dict(embed_dims=[64, 128, 320, 512], depths=depths, num_heads=[1, 2, 5, 8],
-                   mlp_ratios=[8, 8, 4, 4])
-        for name, depths in (('tiny', [2, 2, 2, 2]), ('small', [3, 4, 6, 3]),
-                             ('medium', [3, 4, 18, 3]), ('large', [3, 8, 27, 3]))
-    }
+    arch_zoo: Dict[str, Dict] = ARCHS[PVT]
     num_stages = 4
     patch_sizes = (4, 2, 2, 2)
 
@@ -78,7 +76,6 @@ class PolaPVT(PolaBackbone):
                  drop_path_rate: float = 0.1,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
-                 norm_eval: bool = False,
                  final_norm: bool = False,
                  with_cp: bool = False,
                  attn_impl: str = 'auto',
@@ -93,7 +90,6 @@ class PolaPVT(PolaBackbone):
         self.num_features = list(arch['embed_dims'])
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval = norm_eval
         self.final_norm = final_norm
         if pretrain_img_size % 32:
             raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of 32')
@@ -133,12 +129,13 @@ class PolaPVT(PolaBackbone):
         return (getattr(self, f'patch_embed{s + 1}'), getattr(self, f'pos_embed{s + 1}'),
                 getattr(self, f'block{s + 1}'))
 
-    def _freeze_stages(self):
-        for s in range(self.frozen_stages):
-            patch_embed, pos_embed, blocks = self._stage(s)
-            freeze_module(patch_embed)
-            freeze_module(blocks)
-            pos_embed.requires_grad = False
+    def stem_parts(self) -> List[Union[nn.Module, nn.Parameter]]:
+        patch_embed, pos_embed, _ = self._stage(0)
+        return [patch_embed, pos_embed]
+
+    def stage_parts(self, index: int) -> List[Union[nn.Module, nn.Parameter]]:
+        patch_embed, pos_embed, blocks = self._stage(index)
+        return [blocks] if index == 0 else [patch_embed, pos_embed, blocks]
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, C_in, H, W) -> tuple of (B, C_s, ceil(H / 2^(s+2)), ceil(W / 2^(s+2)))

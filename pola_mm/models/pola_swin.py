@@ -1,13 +1,14 @@
 """Pola-Swin: Swin Transformer with polarity-aware linear attention in its 'L' stages."""
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import register_model
+from ..registry import register_backbone
+from ..variants import ARCHS, SWIN
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
-                             check_out_indices, freeze_module, parse_arch)
+                             check_out_indices, parse_arch)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed, padding_to_multiple
 from .pola_attention import PolaLinearAttention
@@ -56,7 +57,7 @@ class PolaSwinStage(nn.Module):
         return x, x_down, down_hw
 
 
-@register_model
+@register_backbone
 class PolaSwinTransformer(PolaBackbone):
     """Pola-Swin backbone (PolaFormer, ICLR 2025) for detection, segmentation and
     classification.
@@ -94,22 +95,18 @@ class PolaSwinTransformer(PolaBackbone):
         attn_drop_rate (float): dropout on softmax attention weights.
         drop_path_rate (float): maximal stochastic depth, linearly increasing per block.
         out_indices (Sequence[int]): stages whose outputs are returned (0-3).
-        frozen_stages (int): stages (and the patch embedding) to freeze; -1 freezes none,
-            0 the patch embedding only, k the embedding and stages 1..k.
-        norm_eval (bool): keep norm layers in eval mode while training (BatchNorm only;
-            LayerNorm has no running statistics).
+        frozen_stages (int): -1 freezes nothing, 0 the patch embedding, k the patch
+            embedding and stages 1..k (their blocks, patch merging and output norm).
         with_cp (bool): activation checkpointing per block.
         attn_impl (str): implementation of the Pola attention core: 'auto' (fused Triton
-            kernels on CUDA, PyTorch elsewhere), 'torch' or 'triton'.
+            kernels on CUDA, PyTorch elsewhere), 'torch', 'triton' or 'reference' (the
+            plain official math, for checks).
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 
-    arch_zoo: Dict[str, Dict] = {
-        'tiny': dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
-        'small': dict(embed_dims=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24]),
-        'base': dict(embed_dims=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
-    }
+    arch_zoo: Dict[str, Dict] = ARCHS[SWIN]
     num_stages = 4
+    new_key_prefixes = ('norm0.', 'norm1.', 'norm2.')  # the official model has one norm
 
     def __init__(self,
                  arch: Union[str, Dict] = 'tiny',
@@ -124,7 +121,6 @@ class PolaSwinTransformer(PolaBackbone):
                  drop_path_rate: float = 0.2,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
-                 norm_eval: bool = False,
                  with_cp: bool = False,
                  attn_impl: str = 'auto',
                  init_cfg: Optional[Dict] = None):
@@ -142,7 +138,6 @@ class PolaSwinTransformer(PolaBackbone):
         self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval = norm_eval
         if pretrain_img_size % (patch_size * 8):
             raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of '
                              f'{patch_size * 8}')
@@ -173,13 +168,32 @@ class PolaSwinTransformer(PolaBackbone):
             self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
         self._freeze_stages()
 
-    def _freeze_stages(self):
-        if self.frozen_stages >= 0:
-            freeze_module(self.patch_embed)
-        for i in range(self.frozen_stages):
-            freeze_module(self.layers[i])
-            if i in self.out_indices:
-                freeze_module(getattr(self, f'norm{i}'))
+    def stem_parts(self) -> List[nn.Module]:
+        return [self.patch_embed]
+
+    def stage_parts(self, index: int) -> List[nn.Module]:
+        parts = [self.layers[index]]
+        if index in self.out_indices:
+            parts.append(getattr(self, f'norm{index}'))
+        return parts
+
+    def convert_official_state_dict(self, state_dict: Mapping[str, Tensor],
+                                    report: Optional[Dict[str, List[str]]] = None
+                                    ) -> Dict[str, Tensor]:
+        """Official Pola-Swin names -> these: the final ``norm`` becomes the last stage's
+        output norm ``norm3`` (dropped when stage 3 is not an output)."""
+        report = {} if report is None else report
+        converted = {}
+        for key, value in state_dict.items():
+            if key.startswith('norm.'):
+                if not hasattr(self, 'norm3'):
+                    report.setdefault('dropped', []).append(key)
+                    continue
+                new_key = 'norm3.' + key[len('norm.'):]
+                report.setdefault('converted', []).append(f'{key} -> {new_key}')
+                key = new_key
+            converted[key] = value
+        return converted
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, C_in, H, W) -> tuple of (B, C_i, ceil(H / 2^(i+2)), ceil(W / 2^(i+2)))

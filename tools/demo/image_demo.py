@@ -33,8 +33,7 @@ from mmengine.utils import mkdir_or_exist, scandir
 from PIL import Image
 
 import pola_mm  # noqa: F401  (registers the Pola backbones)
-from pola_mm.checkpoint import load_model_checkpoint
-from pola_mm.engine import local_checkpoint, mmengine_checkpoint_globals
+from pola_mm.checkpoint import checkpoint_globals, load_model_checkpoint, local_checkpoint
 
 
 def parse_args(argv=None):
@@ -202,7 +201,7 @@ def build_demo(config: str, checkpoint: str, args):
     if scope not in DEMOS:
         raise ValueError(f'{config}: default_scope {scope!r} is none of {sorted(DEMOS)}')
     source = local_checkpoint(checkpoint)
-    with mmengine_checkpoint_globals():  # the inferencer reads the file itself
+    with checkpoint_globals():  # the inferencer reads the file itself
         demo = DEMOS[scope](cfg, source, args)
     try:  # inferencers load non-strictly, only warning about keys that do not fit
         load_model_checkpoint(demo.inferencer.model, source)

@@ -1,9 +1,7 @@
 # Pola-PVT ImageNet classifier: backbone -> global average pooling -> linear head.
 # The backbone returns the raw last-stage map (no norm), so pooling it reproduces the
 # official classifier, which averages the last tokens without its final `norm`.
-# pola_mm.models.classifiers registers the evaluation configs' checkpoint hook.
-custom_imports = dict(
-    imports=['pola_mm', 'pola_mm.models.classifiers'], allow_failed_imports=False)
+_base_ = ['../../../_base_/pola_runtime.py']
 
 model = dict(
     type='ImageClassifier',

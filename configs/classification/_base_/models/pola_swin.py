@@ -1,9 +1,7 @@
 # Pola-Swin ImageNet classifier: backbone -> global average pooling -> linear head.
 # The backbone's output LayerNorm of stage 4 holds the official final `norm`, so
 # pooling its output reproduces the official classifier (norm, then average).
-# pola_mm.models.classifiers registers the evaluation configs' checkpoint hook.
-custom_imports = dict(
-    imports=['pola_mm', 'pola_mm.models.classifiers'], allow_failed_imports=False)
+_base_ = ['../../../_base_/pola_runtime.py']
 
 model = dict(
     type='ImageClassifier',

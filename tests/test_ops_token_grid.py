@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pola_mm.models.pos_embed import bicubic_matrix, resize_token_grid
+from pola_mm.ops.token_grid import bicubic_matrix, resize_token_grid
 
 
 def interpolate_reference(tokens, src_shape, hw_shape, mode):

@@ -1,15 +1,20 @@
-"""Load MMEngine's own checkpoints with ``torch.load(weights_only=True)``.
+"""The one reader of checkpoint files: ``torch.load(weights_only=True)`` with a short
+allow-list.
 
 Since torch 2.6, ``torch.load`` refuses every Python object outside a small allowlist.
-MMEngine 0.10.7 saves a few such objects in its checkpoints: the message hub's
-:class:`~mmengine.logging.HistoryBuffer` (which pickles its statistics methods as
-``getattr(HistoryBuffer, 'min')``) and numpy arrays, scalars and dtypes. Resuming a
-training run therefore fails on torch >= 2.6.
+Two kinds of files this project reads pickle a few more:
 
-:func:`mmengine_checkpoint_globals` allows exactly those objects for the duration of a
-``with`` block; any other object in a file is still refused. ``builtins.getattr`` is not
-allowed as such: the name is bound to :func:`history_buffer_statistic`, which only returns
-the four statistics methods of ``HistoryBuffer``.
+* MMEngine 0.10.7's checkpoints: the message hub's :class:`~mmengine.logging.HistoryBuffer`
+  (which pickles its statistics methods as ``getattr(HistoryBuffer, 'min')``) and numpy
+  arrays, scalars and dtypes; stock MMEngine resume therefore fails on torch >= 2.6;
+* the released PolaFormer training files: the authors' yacs ``CfgNode`` config (and numpy
+  scalars). ``yacs.config.CfgNode`` is read as an inert :class:`collections.OrderedDict`,
+  so no yacs import is needed and nothing from the file runs.
+
+:func:`checkpoint_globals` allows exactly those objects for the duration of a ``with``
+block; any other object in a file is still refused. ``builtins.getattr`` is not allowed
+as such: the name is bound to :func:`history_buffer_statistic`, which only returns the
+four statistics methods of ``HistoryBuffer``.
 
 :func:`local_checkpoint` gives, for a URL, a downloaded copy to read with these rules:
 MMEngine reads URLs through ``torch.hub.load_state_dict_from_url``, whose unpickling is
@@ -18,12 +23,13 @@ unrestricted (``weights_only=False``). :func:`checkpoint_read_errors` turns what
 the file and says what is wrong with it, and :func:`check_checkpoint_integrity` finds the
 corruption ``torch.load`` does not see.
 """
+import collections
 import os
 import os.path as osp
 import pickle
 import zipfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
@@ -57,6 +63,7 @@ def history_buffer_statistic(owner: type, name: str):
 def _allowed_globals() -> list:
     multiarray = (np._core if hasattr(np, '_core') else np.core).multiarray
     return [
+        (collections.OrderedDict, 'yacs.config.CfgNode'),
         HistoryBuffer,
         (history_buffer_statistic, 'builtins.getattr'),
         (history_buffer_statistic, '__builtin__.getattr'),
@@ -69,8 +76,8 @@ def _allowed_globals() -> list:
 
 
 @contextmanager
-def mmengine_checkpoint_globals() -> Iterator[None]:
-    """Allow, inside the block, the objects MMEngine writes into its checkpoints."""
+def checkpoint_globals() -> Iterator[None]:
+    """Allow, inside the block, the objects MMEngine and the released files pickle."""
     with torch.serialization.safe_globals(_allowed_globals()):
         yield
 
@@ -166,15 +173,26 @@ def check_checkpoint_integrity(path: str) -> None:
         raise RuntimeError(f'cannot read checkpoint {path}: it is corrupted ({error})') from None
 
 
-def read_checkpoint(filename: str, map_location='cpu'):
+def read_checkpoint(filename: str, map_location='cpu') -> dict:
     """Read a checkpoint as MMEngine does (local files, file backends' URIs, URLs), but
     safely: an ``http(s)://`` URL is downloaded first (:func:`local_checkpoint`), a local
     file's CRC-32 codes are checked (:func:`check_checkpoint_integrity`), and it is
-    unpickled weights-only with MMEngine's own objects allowed
-    (:func:`mmengine_checkpoint_globals`); errors name ``filename``
-    (:func:`checkpoint_read_errors`). Globals allowed by an enclosing
-    ``torch.serialization.safe_globals`` block are allowed too."""
+    unpickled weights-only with :func:`checkpoint_globals` allowed; errors name
+    ``filename`` (:func:`checkpoint_read_errors`). Globals allowed by an enclosing
+    ``torch.serialization.safe_globals`` block are allowed too.
+
+    Raises:
+        FileNotFoundError: for a local path that does not exist.
+        RuntimeError: naming ``filename`` when it is refused, truncated, corrupted or
+            holds something other than a dict.
+    """
+    if '://' not in filename and not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file not found: {filename}')
     source = local_checkpoint(filename)
     check_checkpoint_integrity(source)
-    with mmengine_checkpoint_globals(), checkpoint_read_errors(filename):
-        return _load_checkpoint(source, map_location=map_location)
+    with checkpoint_globals(), checkpoint_read_errors(filename):
+        checkpoint = _load_checkpoint(source, map_location=map_location)
+    if not isinstance(checkpoint, Mapping):
+        raise RuntimeError(f'checkpoint {filename} holds a {type(checkpoint).__name__}, '
+                           'not a dict of weights')
+    return checkpoint

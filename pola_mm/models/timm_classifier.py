@@ -1,17 +1,18 @@
 """The released PolaFormer ImageNet classifiers as timm models.
 
-After ``import pola_mm.timm`` the names ``pola_swin_tiny``, ``pola_swin_small``,
-``pola_swin_base``, ``pola_swin_base_384``, ``pola_pvt_tiny``, ``pola_pvt_small``,
-``pola_pvt_medium`` and ``pola_pvt_large`` build with :func:`timm.create_model`. Nothing is
-downloaded: pass the released file through ``pretrained_cfg_overlay``::
+After ``import pola_mm`` the released names (:data:`pola_mm.variants.RELEASED`:
+``pola_swin_tiny``, ``pola_swin_small``, ``pola_swin_base``, ``pola_swin_base_384``,
+``pola_pvt_tiny``, ``pola_pvt_small``, ``pola_pvt_medium``, ``pola_pvt_large``) build
+with :func:`timm.create_model`. Nothing is downloaded: pass the released file through
+``pretrained_cfg_overlay``::
 
     model = timm.create_model('pola_swin_tiny', pretrained=True,
                               pretrained_cfg_overlay=dict(file='pola_swin_tiny.pth'))
 
-The file is read with :func:`pola_mm.checkpoint.load_official_state_dict` (restricted,
+The file is read with :func:`pola_mm.checkpoint.read_checkpoint` (restricted,
 weights-only unpickling) and converted by
-:func:`pola_mm.models.classifiers.official_classifier_state_dict`, the same path the
-MMPretrain configs use, so both give the same logits. ``model.pretrained_cfg`` carries the
+:func:`pola_mm.checkpoint.official_classifier_state_dict`, the same path the MMPretrain
+configs use, so both give the same logits. ``model.pretrained_cfg`` carries the
 official test-time preprocessing (bicubic, crop_pct 0.875 at 224; a plain 384x384 resize,
 ``crop_mode='squash'``, for ``pola_swin_base_384``).
 """
@@ -23,14 +24,10 @@ from mmengine.logging import print_log
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .checkpoint import load_into, load_official_state_dict
-from .models.classifiers import official_classifier_state_dict
-from .models.pola_pvt import PolaPVT
-from .models.pola_swin import PolaSwinTransformer
-
-__all__ = ['PolaFormerClassifier']
-
-_BACKBONES = {'PolaSwinTransformer': PolaSwinTransformer, 'PolaPVT': PolaPVT}
+from ..checkpoint import (load_into, official_classifier_state_dict, read_checkpoint,
+                          select_model_weights)
+from ..variants import PVT, RELEASED, SWIN, ReleasedModel
+from .released import BACKBONE_TYPES
 
 
 class PolaFormerClassifier(nn.Module):
@@ -61,7 +58,7 @@ class PolaFormerClassifier(nn.Module):
         super().__init__()
         if global_pool != 'avg':
             raise ValueError(f"PolaFormer classifiers pool with 'avg' only, got {global_pool!r}")
-        self.backbone = _BACKBONES[backbone](
+        self.backbone = BACKBONE_TYPES[backbone](
             in_channels=in_chans, drop_path_rate=drop_path_rate, out_indices=(3, ),
             **backbone_args)
         self.num_classes = num_classes
@@ -105,7 +102,7 @@ def _load_released_file(model: PolaFormerClassifier) -> None:
             f"{model.pretrained_cfg.get('architecture')}: pola_mm downloads nothing; pass the "
             "released file: timm.create_model(name, pretrained=True, "
             "pretrained_cfg_overlay=dict(file=PATH))")
-    official, _ = load_official_state_dict(path)
+    official = select_model_weights(read_checkpoint(path), path)
     keep_head = model.num_classes == model.pretrained_cfg['num_classes']
     state_dict = official_classifier_state_dict(
         official, model.backbone, head_prefix='head.' if keep_head else None,
@@ -148,73 +145,33 @@ def _cfg(input_size: int = 224, crop_pct: float = 0.875, crop_mode: str = 'cente
         **kwargs)
 
 
-_SWIN_CFG = dict(first_conv='backbone.patch_embed.proj')
-_PVT_CFG = dict(first_conv='backbone.patch_embed1.proj')
-
-default_cfgs = generate_default_cfgs({
-    'pola_swin_tiny.in1k': _cfg(**_SWIN_CFG),
-    'pola_swin_small.in1k': _cfg(**_SWIN_CFG),
-    'pola_swin_base.in1k': _cfg(**_SWIN_CFG),
-    # The official 384 evaluation resizes to 384x384 without cropping (TEST.CROP False).
-    'pola_swin_base_384.in1k': _cfg(input_size=384, crop_pct=1.0, crop_mode='squash',
-                                    **_SWIN_CFG),
-    'pola_pvt_tiny.in1k': _cfg(**_PVT_CFG),
-    'pola_pvt_small.in1k': _cfg(**_PVT_CFG),
-    'pola_pvt_medium.in1k': _cfg(**_PVT_CFG),
-    'pola_pvt_large.in1k': _cfg(**_PVT_CFG),
-})
+_FIRST_CONV = {SWIN: 'backbone.patch_embed.proj', PVT: 'backbone.patch_embed1.proj'}
 
 
-@register_model
-def pola_swin_tiny(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-Swin-T, ImageNet-1k top-1 82.6 (paper)."""
-    return _create('pola_swin_tiny', 'PolaSwinTransformer', dict(arch='tiny'), 0.2,
-                   pretrained, **kwargs)
+def _released_cfg(model: ReleasedModel) -> dict:
+    if model.img_size == 224:
+        return _cfg(first_conv=_FIRST_CONV[model.family])
+    # The official evaluation at another size resizes without cropping (TEST.CROP False).
+    return _cfg(input_size=model.img_size, crop_pct=1.0, crop_mode='squash',
+                first_conv=_FIRST_CONV[model.family])
 
 
-@register_model
-def pola_swin_small(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-Swin-S, ImageNet-1k top-1 83.6 (paper)."""
-    return _create('pola_swin_small', 'PolaSwinTransformer', dict(arch='small'), 0.3,
-                   pretrained, **kwargs)
+default_cfgs = generate_default_cfgs(
+    {f'{model.name}.in1k': _released_cfg(model) for model in RELEASED})
 
 
-@register_model
-def pola_swin_base(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-Swin-B, ImageNet-1k top-1 83.8 (paper)."""
-    return _create('pola_swin_base', 'PolaSwinTransformer', dict(arch='base'), 0.5,
-                   pretrained, **kwargs)
+def _register(model: ReleasedModel) -> None:
+    """Register ``model.name`` with ``timm.create_model``."""
+
+    def create(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
+        return _create(model.name, model.family, model.backbone_cfg(), model.drop_path_rate,
+                       pretrained, **kwargs)
+
+    top1 = f'ImageNet-1k top-1 {model.top1} (paper)' if model.top1 else 'top-1 not in the paper'
+    create.__name__ = create.__qualname__ = model.name
+    create.__doc__ = f'{model.name}: {model.family} {model.arch!r} at {model.img_size}, {top1}.'
+    register_model(create)
 
 
-@register_model
-def pola_swin_base_384(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-Swin-B fine-tuned at 384x384 (top-1 not listed in the paper)."""
-    return _create('pola_swin_base_384', 'PolaSwinTransformer',
-                   dict(arch='base', pretrain_img_size=384, window_size=12), 0.5,
-                   pretrained, **kwargs)
-
-
-@register_model
-def pola_pvt_tiny(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-PVT-T, ImageNet-1k top-1 78.8 (paper)."""
-    return _create('pola_pvt_tiny', 'PolaPVT', dict(arch='tiny'), 0.1, pretrained, **kwargs)
-
-
-@register_model
-def pola_pvt_small(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-PVT-S, ImageNet-1k top-1 81.9 (paper)."""
-    return _create('pola_pvt_small', 'PolaPVT', dict(arch='small'), 0.1, pretrained, **kwargs)
-
-
-@register_model
-def pola_pvt_medium(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-PVT-M (top-1 not listed in the paper)."""
-    return _create('pola_pvt_medium', 'PolaPVT', dict(arch='medium'), 0.3, pretrained,
-                   **kwargs)
-
-
-@register_model
-def pola_pvt_large(pretrained: bool = False, **kwargs) -> PolaFormerClassifier:
-    """Pola-PVT-L (top-1 not listed in the paper)."""
-    return _create('pola_pvt_large', 'PolaPVT', dict(arch='large'), 0.3, pretrained,
-                   **kwargs)
+for _model in RELEASED:
+    _register(_model)

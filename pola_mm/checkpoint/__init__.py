@@ -1,0 +1,23 @@
+"""Checkpoints, in one place: reading files safely, selecting and converting weights,
+loading them into models with a report.
+
+Dependencies run one way: :mod:`.reader` (the one weights-only reader and its
+allow-list) <- :mod:`.weights` (which weights of a file) <- :mod:`.loading` and
+:mod:`.classifier`. Nothing here imports :mod:`pola_mm.models`; each backbone family
+brings its own name converter (``convert_official_state_dict``, next to the model).
+"""
+from .classifier import describe_official_arch, official_classifier_state_dict
+from .loading import (fit_state_dict, key_listing, load_into, load_model_checkpoint,
+                      load_pretrained_backbone)
+from .reader import (check_checkpoint_integrity, checkpoint_globals, checkpoint_read_errors,
+                     local_checkpoint, read_checkpoint)
+from .weights import (describe_location, drop_classifier_and_buffers, select_model_weights,
+                      weights_location)
+
+__all__ = [
+    'check_checkpoint_integrity', 'checkpoint_globals', 'checkpoint_read_errors',
+    'describe_location', 'describe_official_arch', 'drop_classifier_and_buffers',
+    'fit_state_dict', 'key_listing', 'load_into', 'load_model_checkpoint',
+    'load_pretrained_backbone', 'local_checkpoint', 'official_classifier_state_dict',
+    'read_checkpoint', 'select_model_weights', 'weights_location'
+]

@@ -1,0 +1,48 @@
+"""``pola_mm.OfficialClassifierCheckpointHook``: ``load_from`` takes a released PolaFormer
+ImageNet file as it is."""
+from typing import Mapping
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from ..checkpoint import fit_state_dict, official_classifier_state_dict, select_model_weights
+from ..registry import HOOKS
+
+
+def _is_openmmlab_classifier(checkpoint: Mapping) -> bool:
+    """Whether ``checkpoint`` is MMEngine's format for a classifier (``backbone.*`` keys)."""
+    weights = checkpoint.get('state_dict')
+    return isinstance(weights, Mapping) and any(
+        key.startswith(('backbone.', 'module.backbone.')) for key in weights)
+
+
+@HOOKS.register_module()
+class OfficialClassifierCheckpointHook(Hook):
+    """Let ``load_from`` take a released PolaFormer ImageNet file as it is.
+
+    MMEngine reads ``load_from`` into a dict and calls ``after_load_checkpoint`` before
+    loading it into the model. A released file (official keys under ``'model'``, under
+    ``'state_dict'``, or a bare official state dict) is replaced here by
+    ``{'state_dict': ...}`` in the classifier's layout (``backbone.*``, ``head.fc.*``),
+    after checking that it is of the model's architecture and that every weight of the
+    classifier is there with its shape; the runner then loads it. An OpenMMLab classifier
+    checkpoint (``'state_dict'`` with ``backbone.*`` keys, e.g. from fine-tuning or
+    resuming) passes through.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if _is_openmmlab_classifier(checkpoint):
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        official = select_model_weights(checkpoint)
+        name = str(runner.cfg.get('load_from'))
+        converted = official_classifier_state_dict(official, model.backbone,
+                                                   checkpoint_name=name)
+        try:
+            converted, _ = fit_state_dict(model, converted)
+        except RuntimeError as error:
+            raise RuntimeError(f'{name}: {error}') from None
+        checkpoint.clear()
+        checkpoint['state_dict'] = converted
