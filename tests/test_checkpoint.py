@@ -252,3 +252,24 @@ def test_checkpoint_package_does_not_depend_on_the_models():
         imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import,
                                                                           ast.ImportFrom))]
         assert all(node in tree.body for node in imports), f'function-level import in {path}'
+
+
+def test_init_cfg_map_location_reaches_the_reader(tmp_path, monkeypatch):
+    """``map_location`` of a Pretrained init_cfg is where the file's tensors are read to."""
+    from pola_mm.checkpoint import loading
+    path = tmp_path / 'pvt.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
+    locations = []
+
+    def recording_reader(filename, map_location='cpu'):
+        locations.append(map_location)
+        return read_checkpoint(filename, map_location)
+
+    def to_cpu(storage, location):
+        return storage
+
+    monkeypatch.setattr(loading, 'read_checkpoint', recording_reader)
+    PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                  map_location=to_cpu)).init_weights()
+    PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
+    assert locations == [to_cpu, 'cpu']

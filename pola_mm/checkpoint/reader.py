@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import HistoryBuffer, print_log
-from mmengine.runner.checkpoint import _load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
 # MMEngine's schemes that resolve to URLs read by torch.hub with unrestricted unpickling.
 UNSAFE_SCHEMES = ('modelzoo://', 'torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://')
@@ -80,6 +80,23 @@ def checkpoint_globals() -> Iterator[None]:
     """Allow, inside the block, the objects MMEngine and the released files pickle."""
     with torch.serialization.safe_globals(_allowed_globals()):
         yield
+
+
+@CheckpointLoader.register_scheme(prefixes='', force=True)
+def load_from_local(filename: str, map_location=None) -> dict:
+    """MMEngine's loader of local checkpoint files, weights-only with
+    :func:`checkpoint_globals` allowed.
+
+    Registered in place of MMEngine's own local loader when pola_mm is imported, so that
+    code which builds MMEngine's stock ``Runner`` whatever the config says (e.g.
+    MMSegmentation's ``tools/test.py``) can read the checkpoints MMEngine writes; the
+    loading stays weights-only.
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    with checkpoint_globals():
+        return torch.load(filename, map_location=map_location, weights_only=True)
 
 
 def _refusal_reason(error: pickle.UnpicklingError) -> str:
