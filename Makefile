@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all
+.PHONY: setup demo lint test test-all
 
 setup:
 	bash tools/setup_env.sh
@@ -11,6 +11,12 @@ setup:
 # The main job: train and evaluate a Pola-backbone detector on generated data (CPU).
 demo: setup
 	$(PY) tools/demo/shapes_detection.py
+
+# Lint: ruff (ruff.toml) and isort's import order (setup.cfg); `.venv/bin/isort .` and
+# `.venv/bin/ruff check --fix .` mend what they can.
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/isort --check-only --diff .
 
 # pytest exits 5 when it collects no test; that is not a failure of the set-up.
 test: setup

@@ -10,10 +10,8 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from official_layout import (official_checkpoint, official_layout_state_dict,
-                             official_shapes)
-from pola_mm.checkpoint import (load_pretrained_backbone, read_checkpoint,
-                                select_model_weights)
+from official_layout import official_checkpoint, official_layout_state_dict, official_shapes
+from pola_mm.checkpoint import load_pretrained_backbone, read_checkpoint, select_model_weights
 from pola_mm.models import PolaPVT, PolaSwinTransformer, released_backbone
 from pola_mm.variants import RELEASED_BY_NAME
 

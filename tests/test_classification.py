@@ -25,13 +25,12 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 import pola_mm  # noqa: F401  (registers the backbones and the hook)
+from official_layout import (GOLDEN_DIR, official_checkpoint, official_input, official_input_size,
+                             official_layout_state_dict, official_shapes)
 from pola_mm.checkpoint import describe_official_arch, official_classifier_state_dict
 from pola_mm.engine import OfficialClassifierCheckpointHook
 from pola_mm.testing.imagefolder import make_shapes_imagefolder
 from pola_mm.variants import RELEASED, SWIN, ReleasedModel
-from official_layout import (GOLDEN_DIR, official_checkpoint, official_input,
-                             official_input_size, official_layout_state_dict,
-                             official_shapes)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(REPO, 'configs', 'classification')

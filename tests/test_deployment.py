@@ -15,9 +15,8 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 from pola_mm.models import PolaPVT, PolaSwinTransformer
-from pola_mm.ops.polarity_attention import polarity_linear_attention_traceable
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch
-
+from pola_mm.ops.polarity_attention import polarity_linear_attention_traceable
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CONFIG = osp.join(REPO, 'configs', 'segmentation',

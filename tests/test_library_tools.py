@@ -16,11 +16,10 @@ from typing import Dict
 
 import mmdet
 import mmseg
-import pytest
 from mmengine.config import Config
 
-from test_segmentation import SMALL_DATA, SMALL_MODELS, SMALL_SCALES
 from test_segmentation import ade_root  # noqa: F401  (fixture)
+from test_segmentation import SMALL_DATA, SMALL_MODELS, SMALL_SCALES
 from test_tools_detection import REPO, shapes_root, small_options  # noqa: F401  (fixture)
 
 USER_IMPORTS = "custom_imports = dict(imports=['pola_mm'], allow_failed_imports=False)\n"

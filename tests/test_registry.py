@@ -94,6 +94,7 @@ def test_engine_classes_live_in_the_pola_mm_scope_only():
     """Hooks, the runner and transforms resolve as ``pola_mm.X`` and not bare from
     mmengine's root registries, which every plugin shares; the backbones resolve both."""
     from mmengine import registry as root
+
     from pola_mm import registry
     roots = (root.HOOKS, root.RUNNERS, root.TRANSFORMS, root.MODELS)
     for name in ENGINE_CLASSES:

@@ -24,8 +24,8 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from pola_mm.checkpoint import checkpoint_globals
-from pola_mm.engine import (AtomicCheckpointHook, FiniteLossHook, RandomStateHook,
-                            atomic_write, write_text_atomic)
+from pola_mm.engine import (AtomicCheckpointHook, FiniteLossHook, RandomStateHook, atomic_write,
+                            write_text_atomic)
 from pola_mm.testing import make_shapes_coco
 from test_tools_detection import REPO, _child_config, small_options, train_tool
 

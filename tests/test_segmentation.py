@@ -39,7 +39,8 @@ model = dict(
     'swin': """
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch=dict(_delete_=True, embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=16, depths=[1, 1, 1, 1],
+                            num_heads=[1, 1, 2, 2]),
                   init_cfg=None),
     decode_head=dict(in_channels=[16, 32, 64, 128], channels=32, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=64, channels=16, norm_cfg=norm_cfg))
@@ -123,8 +124,8 @@ def test_released_config_settings(name):
 
 def test_no_weight_decay_on_norms_positions_scale_power():
     from mmengine.optim import build_optim_wrapper
-    from mmseg.registry import MODELS
     from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
     init_default_scope('mmseg')
     cfg = Config.fromfile(osp.join(CONFIG_DIR, 'fpn_pola-pvt-tiny_8xb2-40k_ade20k-512x512.py'))
     cfg.model.backbone.init_cfg = None

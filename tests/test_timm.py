@@ -7,8 +7,7 @@ from torchvision import transforms
 
 import pola_mm  # noqa: F401  (registers the timm names)
 from official_layout import official_checkpoint, official_input, official_layout_state_dict
-from test_classification import (EVAL_CONFIGS, build_classifier, load_released,
-                                 relative_error)
+from test_classification import EVAL_CONFIGS, build_classifier, load_released, relative_error
 
 
 def pretrained_cfg(name: str) -> dict:

@@ -3,8 +3,9 @@
 Usage: ``python tools/check_env.py [--quiet]``. Exit status 0 and a one-line summary of
 versions when everything imports; exit status 1 and one message per problem otherwise.
 ``tools/setup_env.sh`` uses ``--compiled-only`` (torch and an mmcv with ops) to decide
-whether an existing environment can be reused, before anything else is installed. The script depends on the standard
-library only, so it can explain a broken environment instead of failing inside it.
+whether an existing environment can be reused, before anything else is installed. The
+script depends on the standard library only, so it can explain a broken environment
+instead of failing inside it.
 """
 import argparse
 import importlib

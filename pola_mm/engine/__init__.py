@@ -5,8 +5,7 @@ from .atomic_write import atomic_write, write_text_atomic
 from .checkpoint_hook import AtomicCheckpointHook
 from .classifier_checkpoint_hook import OfficialClassifierCheckpointHook
 from .finite_loss import FiniteLossHook
-from .preflight import (check_sample_files, check_training_paths, describe_dataset,
-                        missing_paths)
+from .preflight import check_sample_files, check_training_paths, describe_dataset, missing_paths
 from .random_state import RandomStateHook, get_random_state, set_random_state
 from .runner import PolaRunner, build_runner
 

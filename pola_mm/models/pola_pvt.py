@@ -4,14 +4,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..ops.token_grid import resize_token_grid
 from ..registry import register_backbone
 from ..variants import ARCHS, PVT
-from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
-                             check_out_indices, parse_arch)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
+                             parse_arch)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
-from ..ops.token_grid import resize_token_grid
 
 BLOCK_NORM_EPS = 1e-6  # the official blocks use 1e-6; patch embeds keep 1e-5
 

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from ..registry import register_backbone
 from ..variants import ARCHS, SWIN
-from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image,
-                             check_out_indices, parse_arch)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
+                             parse_arch)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed, padding_to_multiple
 from .pola_attention import PolaLinearAttention
