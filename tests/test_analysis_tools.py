@@ -1,4 +1,5 @@
 """tools/analysis: the benchmark runs and prints its table; get_flops counts the attention."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,6 @@ sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
 from get_flops import complexity  # noqa: E402
 
 from pola_mm.models import PolaLinearAttention  # noqa: E402
-from reference_pola import plain_polarity_attention  # noqa: E402
 
 
 def test_benchmark_quick_prints_side_by_side_table():
@@ -50,9 +50,8 @@ def test_flops_include_the_linear_attention_products():
     counted by hand (multiply-adds, as mmengine counts)."""
     channels, grid = 64, (7, 7)
     tokens = grid[0] * grid[1]
-    layer = PolaLinearAttention(channels, 1, grid, 'qg_kv').eval()
-    from benchmark import attention_core
-    with torch.no_grad(), attention_core(plain_polarity_attention):
+    layer = PolaLinearAttention(channels, 1, grid, 'qg_kv', attn_impl='reference').eval()
+    with torch.no_grad():
         info = get_model_complexity_info(
             layer, inputs=(torch.zeros(1, tokens, channels), grid), show_table=False,
             show_arch=False)
@@ -63,6 +62,28 @@ def test_flops_include_the_linear_attention_products():
     core = 2 * (tokens * 2 * dims + 2 * dims * tokens * dims // 2 +
                 tokens * 2 * dims * dims // 2)
     assert info['flops'] == projections + dwc + core
+
+
+def test_flops_of_the_fast_core_miss_its_products():
+    """What the reference core is for: tracing cannot see into the lean core's autograd
+    Functions, so counting with it leaves the core's products out."""
+    grid = (7, 7)
+
+    def flops(impl):
+        layer = PolaLinearAttention(64, 1, grid, 'qg_kv', attn_impl=impl).eval()
+        with torch.no_grad():
+            return get_model_complexity_info(layer, inputs=(torch.zeros(1, 49, 64), grid),
+                                             show_table=False, show_arch=False)['flops']
+
+    assert flops('torch') < flops('reference')
+
+
+def test_tools_import_nothing_from_the_tests():
+    for path in (ROOT / 'tools').rglob('*.py'):
+        for line in path.read_text().splitlines():
+            assert not (line.lstrip().startswith(('import ', 'from ')) and 'tests' in line), \
+                (path, line)
+            assert "'tests'" not in line, (path, line)
 
 
 def test_released_arch_parameters_match_the_official_counts():
@@ -83,3 +104,18 @@ def test_swin_flops_count_the_window_stages():
     classifier = complexity('pola_swin_tiny', (224, 224))
     assert round(classifier['params'] / 1e6, 2) == 29.29
     assert 4e9 < classifier['flops'] < 5.5e9
+
+
+def test_gpu_check_explains_itself_and_needs_cuda(tmp_path):
+    script = str(ROOT / 'tools/analysis/gpu_check.py')
+    proc = subprocess.run([sys.executable, script, '--help'], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Needs a CUDA device' in proc.stdout and '--skip' in proc.stdout
+    out_file = tmp_path / 'gpu_check.json'
+    proc = subprocess.run([sys.executable, script, '--json', str(out_file)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=''))
+    assert proc.returncode == 2
+    assert 'no CUDA device' in proc.stdout + proc.stderr
+    assert not out_file.exists()  # nothing else was done

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from pola_mm.ops.pola_reference import plain_polarity_attention
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch, signed_power
-from reference_pola import plain_polarity_attention
 
 # (batch, heads, queries N, keys n, head dims d)
 SHAPES = [(2, 3, 33, 33, 32), (1, 1, 1, 3, 32), (2, 2, 7, 5, 64), (1, 2, 97, 12, 64),

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 # (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
-# several chunks per reduction (chunk 32 with 97 tokens), d 32 (Swin) and 64 (PVT), and
-# inputs that are views of (B, L, h*d) maps ('interleaved'), as the layers pass them
+# several chunks per reduction (chunk 32 with 97 tokens), every supported head dim (16,
+# 32 as Swin, 64 as PVT), and inputs that are views of (B, L, h*d) maps ('interleaved'),
+# as the layers pass them
 CASES = [(2, 3, 33, 33, 32, 1024, 'interleaved'), (1, 2, 1, 7, 32, 32, 'contiguous'),
          (1, 1, 97, 70, 64, 32, 'contiguous'), (2, 2, 7, 33, 64, 32, 'interleaved'),
-         (1, 4, 40, 3, 32, 1024, 'contiguous')]
+         (1, 4, 40, 3, 32, 1024, 'contiguous'), (1, 2, 19, 45, 16, 32, 'interleaved')]
 # 'float32+bfloat16': q, k in fp32 and v in bf16, as bf16 autocast hands them to the core
 DTYPES = ('float32', 'bfloat16', 'float16', 'float32+bfloat16')
 TOLERANCE = {'float32': 1e-4, 'bfloat16': 2e-2, 'float16': 2e-2, 'float32+bfloat16': 2e-2}
@@ -37,8 +38,8 @@ def kernel_inputs(shape, dtype, seed):
 def compare_all(device='cpu'):
     """Relative errors {case + dtype: {out, q, k, v, p}} of the kernels against the
     reference; on 'cpu' (the child process) through the interpreter."""
+    from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton, triton_interpreted
-    from reference_pola import plain_polarity_attention
     from test_ops_pola_torch import forward_backward, rel_err
     assert device == 'cuda' or triton_interpreted()
     results = {}
@@ -60,14 +61,15 @@ def compare_all(device='cpu'):
                 errors[name] = rel_err(ours, theirs)
             results[str(case) + dtype] = errors
     results['scale'] = compare_scaled_dispatch(device)
+    results['half_output'] = compare_half_output(device)
     return results
 
 
 def compare_scaled_dispatch(device):
     """Errors of ``polarity_linear_attention(..., impl='triton', scale=s)`` (which divides q
     and k before the kernels) against the reference of q / s and k / s, in float64."""
+    from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.polarity_attention import polarity_linear_attention
-    from reference_pola import plain_polarity_attention
     from test_ops_pola_torch import forward_backward, rel_err
     shape = CASES[0][:5]
     inputs, grad = kernel_inputs(shape, 'float32', seed=1)
@@ -80,6 +82,27 @@ def compare_scaled_dispatch(device):
         lambda q, k, v, p, s: plain_polarity_attention(q / s, k / s, v, p),
         [t.double() for t in inputs], grad.double())
     errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
+    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
+        errors[name] = rel_err(ours, theirs)
+    return errors
+
+
+def compare_half_output(device):
+    """Under autocast the layer hands the core bf16 q, k, v and an fp32 scale, so q / scale
+    is fp32: the result must still be bf16, as the PyTorch path's, and match it."""
+    from pola_mm.ops.polarity_attention import polarity_linear_attention
+    from test_ops_pola_torch import forward_backward, rel_err
+    shape = CASES[0][:5]
+    inputs, grad = kernel_inputs(shape, 'bfloat16', seed=3)
+    scale = 0.5 + torch.rand(1, shape[1], 1, shape[4], generator=torch.Generator().manual_seed(4))
+    inputs, grad = [t.to(device) for t in inputs + [scale]], grad.to(device)
+    results = {}
+    for impl in ('triton', 'torch'):
+        results[impl] = forward_backward(
+            lambda q, k, v, p, s: polarity_linear_attention(q, k, v, p, impl=impl, scale=s),
+            inputs, grad)
+    (out, grads), (ref, ref_grads) = results['triton'], results['torch']
+    errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == torch.bfloat16}
     for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
         errors[name] = rel_err(ours, theirs)
     return errors
@@ -129,16 +152,25 @@ def test_compiled_dispatch_divides_by_scale_on_cuda(cuda_results):
     check_errors(cuda_results['scale'], 'float32')
 
 
+def test_output_keeps_the_input_dtype_under_autocast(interpreter_results):
+    check_errors(interpreter_results['half_output'], 'bfloat16')
+
+
+def test_compiled_output_keeps_the_input_dtype_on_cuda(cuda_results):
+    check_errors(cuda_results['half_output'], 'bfloat16')
+
+
 def test_triton_path_refuses_cpu_tensors_without_interpreter():
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton, triton_interpreted
     if triton_interpreted():
         pytest.skip('TRITON_INTERPRET is set in this process')
     q = torch.randn(1, 1, 4, 32)
-    with pytest.raises(RuntimeError, match='CUDA'):
+    with pytest.raises(RuntimeError, match="CUDA.*attn_impl='torch'"):
         polarity_linear_attention_triton(q, q, q, torch.ones(1, 1, 1, 32))
 
 
-@pytest.mark.parametrize('dims,chunk,match', [(24, 1024, 'head dims'), (32, 48, 'chunk')])
+@pytest.mark.parametrize('dims,chunk,match', [(24, 1024, 'head dims'), (128, 1024, 'head dims'),
+                                              (32, 48, 'chunk')])
 def test_triton_path_refuses_unsupported_arguments(dims, chunk, match):
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton
     q = torch.randn(1, 1, 4, dims)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from official_layout import GOLDEN_DIR
 from pola_mm.models import PolaLinearAttention
-from pola_mm.ops.polarity_attention import polarity_linear_attention
+from pola_mm.ops import polarity_attention
+from pola_mm.ops.polarity_attention import ATTENTION_IMPLS, polarity_linear_attention
 
 
 def loop_reference(q, k, v, power, eps=1e-6):
@@ -143,7 +144,7 @@ def test_eval_cache_follows_weight_updates():
         assert torch.equal(second, module(x, (3, 5)))
 
 
-def test_fp16_autocast_runs_the_core_in_fp32():
+def test_fp16_inputs_are_computed_in_fp32():
     """Powers up to 5 of inputs divided by softplus(scale) overflow fp16 (max 65504);
     the core computes in fp32 and only the result is cast back."""
     q = torch.full((1, 1, 4, 4), 12.0)  # 12 ** 5 = 248832 > 65504
@@ -156,6 +157,23 @@ def test_fp16_autocast_runs_the_core_in_fp32():
     # all-positive q and k: the same-sign stream averages v, the opposite-sign one is 0
     expected = torch.cat([torch.ones(1, 1, 4, 2), torch.zeros(1, 1, 4, 2)], dim=-1)
     torch.testing.assert_close(out.float(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_fp16_autocast_stays_out_of_the_core():
+    """Under fp16 autocast q and k come from fp16 matmuls; the core must not let autocast
+    run its own products in fp16 (12 ** 5 overflows): finite, fp16 out, as in fp32."""
+    weight = torch.eye(4) * 12
+    x, v = torch.ones(1, 1, 4, 4), torch.ones(1, 1, 4, 4)
+    power = torch.full((1, 1, 1, 4), 5.0)
+    with torch.autocast('cpu', dtype=torch.float16):
+        q = x @ weight  # fp16 under autocast
+        assert q.dtype == torch.float16
+        out = polarity_linear_attention(q, q, v.half(), power, impl='torch')
+        reference = polarity_linear_attention(q, q, v.half(), power, impl='reference')
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    expected = polarity_linear_attention(q.float(), q.float(), v, power)
+    torch.testing.assert_close(out.float(), expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(reference.float(), expected, rtol=1e-3, atol=1e-3)
 
 
 def test_bad_arguments_are_named():
@@ -173,12 +191,44 @@ def test_bad_arguments_are_named():
 def test_attention_implementation_switch():
     with pytest.raises(ValueError, match="attn_impl must be one of"):
         PolaLinearAttention(8, 2, (4, 4), attn_impl='flash')
+    assert set(ATTENTION_IMPLS) == {'auto', 'torch', 'triton', 'reference'}
+
+
+@pytest.mark.parametrize('impl', ['auto', 'torch', 'reference'])
+def test_every_cpu_implementation_matches_closed_form(impl):
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 2, 9, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    power = 1 + 4 * torch.rand(1, 2, 1, 16, generator=gen, dtype=torch.float64)
+    scale = 0.5 + torch.rand(1, 2, 1, 16, generator=gen, dtype=torch.float64)
+    ours = polarity_linear_attention(q.float(), k.float(), v.float(), power.float(), impl=impl,
+                                     scale=scale.float())
+    ref = loop_reference(q / scale, k / scale, v, power)
+    assert ours.dtype == torch.float32
+    assert ((ours.double() - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_auto_on_cpu_does_not_try_the_kernels(monkeypatch):
+    """On CPU 'auto' is the PyTorch path, whose autograd Functions run; the kernels (here
+    made to fail loudly) are never called."""
+    from pola_mm.ops import pola_torch, pola_triton
+
+    def kernels(*args, **kwargs):
+        raise AssertionError('the Triton path ran on CPU')
+
+    calls = []
+    original = pola_torch.polarity_linear_attention_torch
+    monkeypatch.setattr(pola_triton, 'polarity_linear_attention_triton', kernels)
+    monkeypatch.setattr(polarity_attention, 'polarity_linear_attention_torch',
+                        lambda *args: calls.append(args) or original(*args))
     q, k, v = (torch.randn(1, 1, 6, 32) for _ in range(3))
-    power = torch.full((1, 1, 1, 32), 2.0)
-    # on CPU 'auto' is the PyTorch path; the kernels need CUDA (or Triton's interpreter)
-    torch.testing.assert_close(polarity_linear_attention(q, k, v, power, impl='auto'),
-                               polarity_linear_attention(q, k, v, power, impl='torch'))
+    polarity_linear_attention(q, k, v, torch.full((1, 1, 1, 32), 2.0), impl='auto')
+    assert len(calls) == 1
+
+
+def test_triton_on_cpu_names_the_pytorch_path():
     from pola_mm.ops.pola_triton import triton_interpreted
-    if not triton_interpreted():
-        with pytest.raises(RuntimeError, match='CUDA'):
-            polarity_linear_attention(q, k, v, power, impl='triton')
+    if triton_interpreted():
+        pytest.skip('TRITON_INTERPRET is set in this process')
+    q = torch.randn(1, 1, 6, 32)
+    with pytest.raises(RuntimeError, match="CUDA.*attn_impl='torch'"):
+        polarity_linear_attention(q, q, q, torch.full((1, 1, 1, 32), 2.0), impl='triton')

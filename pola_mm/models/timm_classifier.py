@@ -45,6 +45,7 @@ class PolaFormerClassifier(nn.Module):
         drop_rate (float): Dropout before the head. Defaults to 0.
         drop_path_rate (float): Stochastic depth of the backbone.
         global_pool (str): Only ``'avg'`` (the official pooling) is supported.
+        attn_impl (str): implementation of the Pola attention core (see the backbones).
     """
 
     def __init__(self,
@@ -54,13 +55,14 @@ class PolaFormerClassifier(nn.Module):
                  in_chans: int = 3,
                  drop_rate: float = 0.,
                  drop_path_rate: float = 0.,
-                 global_pool: str = 'avg'):
+                 global_pool: str = 'avg',
+                 attn_impl: str = 'auto'):
         super().__init__()
         if global_pool != 'avg':
             raise ValueError(f"PolaFormer classifiers pool with 'avg' only, got {global_pool!r}")
         self.backbone = BACKBONE_TYPES[backbone](
             in_channels=in_chans, drop_path_rate=drop_path_rate, out_indices=(3, ),
-            **backbone_args)
+            attn_impl=attn_impl, **backbone_args)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.backbone.num_features[-1]
         self.global_pool = global_pool

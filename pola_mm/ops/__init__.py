@@ -1,4 +1,9 @@
 """Attention cores shared by the backbones."""
-from .polarity_attention import polarity_linear_attention
+from .pola_reference import plain_polarity_attention
+from .polarity_attention import ATTENTION_IMPLS, polarity_linear_attention
+from .triton_compile import SUPPORTED_HEAD_DIMS
 
-__all__ = ['polarity_linear_attention']
+__all__ = [
+    'ATTENTION_IMPLS', 'SUPPORTED_HEAD_DIMS', 'plain_polarity_attention',
+    'polarity_linear_attention'
+]

@@ -17,22 +17,30 @@ Partial sums over chunks are added in PyTorch (deterministic, no atomics); the t
 ``mixing_matrices``, differentiated by autograd.
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
 output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
-Each of q, k, v may be fp32, bf16 or fp16 (under autocast q and k arrive in fp32, after
-the division by the fp32 scale, and v in half); all-fp32 inputs use IEEE fp32 products,
-any half input TF32.
-Head dims must be 16, 32, 64 or 128 (``tl.dot`` tiles); any token count is masked.
+Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and k arrive in fp32,
+after the division by the fp32 scale, and v in half); the output has the dtype asked for
+(the PyTorch path's: the input's). The products run in TF32 where PyTorch's own float32
+matmul setting allows it (``torch.backends.cuda.matmul.allow_tf32``) on an NVIDIA GPU of
+compute capability 8.0 or later, else in IEEE fp32
+(:func:`~pola_mm.ops.triton_compile.kernel_precision`).
+Head dims must be one of :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS` (those
+that compile within every checked GPU's shared memory); any token count is masked. Each
+program handles one block or chunk of tokens (grid axis 0, up to 2**31 - 1 programs) of
+one (batch x head) (grid axis 1, up to 65535), and launches are made on the inputs' device.
 """
+from contextlib import nullcontext
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import check_polarity_inputs, mixing_matrices
+from .pola_torch import check_polarity_inputs, mixing_matrices, polarity_linear_attention_torch
+from .triton_compile import BLOCK_TOKENS, NUM_WARPS, SUPPORTED_HEAD_DIMS, kernel_precision
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-BLOCK_TOKENS = 32
 
 
 @triton.jit
@@ -69,8 +77,8 @@ def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, c
                       stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
                       D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """state[bh, c] = sum over the chunk's keys of [k+, k-]^T [v, 1]: (2d, d + 1)."""
-    bh = tl.program_id(0)
-    part = tl.program_id(1)
+    part = tl.program_id(0)
+    bh = tl.program_id(1)
     cols = tl.arange(0, D)
     power = tl.load(power_ptr + (bh % num_heads) * D + cols)
     acc_pos = tl.zeros((D, D), dtype=tl.float32)
@@ -91,7 +99,7 @@ def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, c
         acc_neg += tl.dot(tl.trans(k_neg), v, input_precision=PRECISION)
         sum_pos += tl.sum(k_pos, axis=0)
         sum_neg += tl.sum(k_neg, axis=0)
-    out = state_ptr + (bh * tl.num_programs(1) + part) * (2 * D * (D + 1))
+    out = state_ptr + (bh * tl.num_programs(0) + part) * (2 * D * (D + 1))
     matrix = cols[:, None] * (D + 1) + cols[None, :]
     tl.store(out + matrix, acc_pos)
     tl.store(out + D * (D + 1) + matrix, acc_neg)
@@ -120,8 +128,8 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
                          stride_on, D: tl.constexpr, BLOCK: tl.constexpr,
                          PRECISION: tl.constexpr):
     """out = (Q @ W)[:, :d] / normalisers; also stores the reciprocal normalisers."""
-    bh = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    bh = tl.program_id(1)
     cols = tl.arange(0, D)
     row_mask = rows < num_queries
     power = tl.load(power_ptr + (bh % num_heads) * D + cols)
@@ -151,8 +159,8 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
                            stride_dqh, stride_dqn, D: tl.constexpr, BLOCK: tl.constexpr,
                            PRECISION: tl.constexpr):
     """dq, and per-chunk partial dW (2d, d + 2) and d power (d,)."""
-    bh = tl.program_id(0)
-    part = tl.program_id(1)
+    part = tl.program_id(0)
+    bh = tl.program_id(1)
     cols = tl.arange(0, D)
     first_half = cols[None, :] < D // 2
     power = tl.load(power_ptr + (bh % num_heads) * D + cols)
@@ -204,7 +212,7 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
         tl.store(_tile(grad_q_ptr, bh, num_heads, stride_dqb, stride_dqh, stride_dqn, rows,
                        cols), grad_q.to(grad_q_ptr.dtype.element_ty), mask=mask)
 
-    index = bh * tl.num_programs(1) + part
+    index = bh * tl.num_programs(0) + part
     out = grad_mixing_ptr + index * (2 * D * (D + 2))
     matrix = cols[:, None] * (D + 2) + cols[None, :]
     tl.store(out + matrix, grad_top)
@@ -223,8 +231,8 @@ def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, gr
                          stride_dkn, stride_dvb, stride_dvh, stride_dvn, D: tl.constexpr,
                          BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv and per-chunk partial d power from d state (2d, d + 1), already over n."""
-    bh = tl.program_id(0)
-    part = tl.program_id(1)
+    part = tl.program_id(0)
+    bh = tl.program_id(1)
     cols = tl.arange(0, D)
     power = tl.load(power_ptr + (bh % num_heads) * D + cols)
     base = grad_state_ptr + bh * (2 * D * (D + 1))
@@ -256,12 +264,12 @@ def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, gr
         grad_power += grad_power_rows
         tl.store(_tile(grad_k_ptr, bh, num_heads, stride_dkb, stride_dkh, stride_dkn, rows,
                        cols), grad_k.to(grad_k_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_power_ptr + (bh * tl.num_programs(1) + part) * D + cols, grad_power)
+    tl.store(grad_power_ptr + (bh * tl.num_programs(0) + part) * D + cols, grad_power)
 
 
-def _precision(*tensors: Tensor) -> str:
-    """IEEE fp32 products when every input is fp32, TF32 once any is half."""
-    return 'ieee' if all(t.dtype == torch.float32 for t in tensors) else 'tf32'
+def _on_device(t: Tensor):
+    """Context in which launches go to ``t``'s GPU (nothing to do in the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
 
 
 def _num_chunks(num_tokens: int, chunk: int) -> int:
@@ -288,73 +296,109 @@ def _state_to_mixing(state: Tensor, num_keys: int) -> Tensor:
     return torch.cat([top, bottom], dim=-2).contiguous()
 
 
+def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, eps: float,
+                     chunk: int, out_dtype: torch.dtype, precision: str):
+    """Launch the key-state and output kernels; return (out, key_state, mixing, inv_norm)."""
+    batch, heads, num_queries, dims = q.shape
+    num_keys = k.shape[2]
+    key_chunks = _num_chunks(num_keys, chunk)
+    state = q.new_empty(batch * heads, key_chunks, 2 * dims, dims + 1, dtype=torch.float32)
+    _key_state_kernel[(key_chunks, batch * heads)](
+        k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
+        BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
+    key_state = state.sum(1)
+    mixing = _state_to_mixing(key_state, num_keys)
+
+    # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
+    out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
+    inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
+    _query_output_kernel[(triton.cdiv(num_queries, BLOCK_TOKENS), batch * heads)](
+        q, power32, mixing, out, inv_norm, num_queries, heads, eps, *_strides(q),
+        *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
+    return out, key_state, mixing, inv_norm
+
+
+def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power: Tensor, power32: Tensor,
+                      key_state: Tensor, mixing: Tensor, out: Tensor, inv_norm: Tensor,
+                      grad_out: Tensor, chunk: int, precision: str):
+    """Launch the two backward kernels; return the gradients of q, k, v and power."""
+    batch, heads, num_queries, dims = q.shape
+    num_keys = k.shape[2]
+    query_chunks = _num_chunks(num_queries, chunk)
+    grad_q = torch.empty_like(q)
+    grad_mixing = q.new_empty(batch * heads, query_chunks, 2 * dims, dims + 2,
+                              dtype=torch.float32)
+    grad_power_q = q.new_empty(batch * heads, query_chunks, dims, dtype=torch.float32)
+    _query_backward_kernel[(query_chunks, batch * heads)](
+        q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power_q,
+        num_queries, heads, chunk, *_strides(q), *_strides(out), *_strides(grad_out),
+        *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision,
+        num_warps=NUM_WARPS)
+
+    with torch.enable_grad():  # the small (2d, d + 1) -> (2d, d + 2) step, by autograd
+        key_state = key_state.detach().requires_grad_()
+        grad_state, = torch.autograd.grad(_state_to_mixing(key_state, num_keys), key_state,
+                                          grad_mixing.sum(1))
+    grad_state = grad_state.contiguous()  # (BH, 2d, d + 1)
+
+    key_chunks = _num_chunks(num_keys, chunk)
+    grad_k = torch.empty_like(k)
+    grad_v = torch.empty_like(v)
+    grad_power_k = q.new_empty(batch * heads, key_chunks, dims, dtype=torch.float32)
+    _key_backward_kernel[(key_chunks, batch * heads)](
+        k, v, power32, grad_state, grad_k, grad_v, grad_power_k, num_keys, heads, chunk,
+        *_strides(k), *_strides(v), *_strides(grad_k), *_strides(grad_v), D=dims,
+        BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
+
+    grad_power = (grad_power_q.sum(1) + grad_power_k.sum(1)).view(batch, heads, 1, dims)
+    grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
+    return grad_q, grad_k, grad_v, grad_power
+
+
+def _torch_gradients(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
+                     out_dtype: torch.dtype, grad_out: Tensor):
+    """The same gradients through the lean PyTorch path (after a kernel failure)."""
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_() for t in (q, k, v, power)]
+        out = polarity_linear_attention_torch(*inputs, eps).to(out_dtype)
+        return torch.autograd.grad(out, inputs, grad_out)
+
+
 class TritonPolarityAttentionFunction(torch.autograd.Function):
     """Autograd Function over the four kernels; see :func:`polarity_linear_attention_triton`."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
-                chunk: int) -> Tensor:
-        batch, heads, num_queries, dims = q.shape
-        num_keys = k.shape[2]
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float, chunk: int,
+                out_dtype: torch.dtype, guard) -> Tensor:
+        heads, dims = q.shape[1], q.shape[3]
         q, k, v = (_dense_last_dim(t) for t in (q, k, v))  # heads may stay interleaved
         power32 = power.float().expand(1, heads, 1, dims).reshape(heads, dims).contiguous()
-        precision = _precision(q, k, v)
-
-        key_chunks = _num_chunks(num_keys, chunk)
-        state = q.new_empty(batch * heads, key_chunks, 2 * dims, dims + 1, dtype=torch.float32)
-        _key_state_kernel[(batch * heads, key_chunks)](
-            k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
-            BLOCK=BLOCK_TOKENS, PRECISION=precision)
-        key_state = state.sum(1)
-        mixing = _state_to_mixing(key_state, num_keys)
-
-        # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
-        out = q.new_empty(batch, num_queries, heads, dims).transpose(1, 2)
-        inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
-        _query_output_kernel[(batch * heads, triton.cdiv(num_queries, BLOCK_TOKENS))](
-            q, power32, mixing, out, inv_norm, num_queries, heads, eps, *_strides(q),
-            *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
+        precision = kernel_precision(q.device)
+        with _on_device(q):
+            out, key_state, mixing, inv_norm = _forward_kernels(q, k, v, power32, eps, chunk,
+                                                                out_dtype, precision)
         ctx.save_for_backward(q, k, v, power, power32, key_state, mixing, out, inv_norm)
-        ctx.shape = (batch, heads, num_queries, num_keys, dims)
-        ctx.chunk = chunk
+        ctx.config = (eps, chunk, out_dtype, precision, guard)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, k, v, power, power32, key_state, mixing, out, inv_norm = ctx.saved_tensors
-        batch, heads, num_queries, num_keys, dims = ctx.shape
-        chunk = ctx.chunk
-        precision = _precision(q, k, v)
+        eps, chunk, out_dtype, precision, guard = ctx.config
         grad_out = _dense_last_dim(grad_out)
-
-        query_chunks = _num_chunks(num_queries, chunk)
-        grad_q = torch.empty_like(q)
-        grad_mixing = q.new_empty(batch * heads, query_chunks, 2 * dims, dims + 2,
-                                  dtype=torch.float32)
-        grad_power_q = q.new_empty(batch * heads, query_chunks, dims, dtype=torch.float32)
-        _query_backward_kernel[(batch * heads, query_chunks)](
-            q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power_q,
-            num_queries, heads, chunk, *_strides(q), *_strides(out), *_strides(grad_out),
-            *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
-
-        with torch.enable_grad():  # the small (2d, d + 1) -> (2d, d + 2) step, by autograd
-            key_state = key_state.detach().requires_grad_()
-            grad_state, = torch.autograd.grad(_state_to_mixing(key_state, num_keys),
-                                              key_state, grad_mixing.sum(1))
-        grad_state = grad_state.contiguous()  # (BH, 2d, d + 1)
-
-        key_chunks = _num_chunks(num_keys, chunk)
-        grad_k = torch.empty_like(k)
-        grad_v = torch.empty_like(v)
-        grad_power_k = q.new_empty(batch * heads, key_chunks, dims, dtype=torch.float32)
-        _key_backward_kernel[(batch * heads, key_chunks)](
-            k, v, power32, grad_state, grad_k, grad_v, grad_power_k, num_keys, heads, chunk,
-            *_strides(k), *_strides(v), *_strides(grad_k), *_strides(grad_v), D=dims,
-            BLOCK=BLOCK_TOKENS, PRECISION=precision)
-
-        grad_power = (grad_power_q.sum(1) + grad_power_k.sum(1)).view(batch, heads, 1, dims)
-        grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
-        return grad_q, grad_k, grad_v, grad_power, None, None
+        try:
+            with _on_device(q):
+                grads = _backward_kernels(q, k, v, power, power32, key_state, mixing, out,
+                                          inv_norm, grad_out, chunk, precision)
+        except Exception as error:
+            if guard is None:
+                raise
+            guard.failed(error, 'backward')  # raises unless the PyTorch path may take over
+            grads = _torch_gradients(q, k, v, power, eps, out_dtype, grad_out)
+        else:
+            if guard is not None:
+                guard.passed('backward')
+        return (*grads, None, None, None, None)
 
 
 def triton_supports(q: Tensor) -> bool:
@@ -369,32 +413,42 @@ def triton_interpreted() -> bool:
 
 
 def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                                     eps: float = 1e-6, chunk: int = 256) -> Tensor:
+                                     eps: float = 1e-6, chunk: int = 256,
+                                     out_dtype: Optional[torch.dtype] = None,
+                                     guard=None) -> Tensor:
     """Fused-kernel polarity-aware linear attention; same contract as
     :func:`pola_mm.ops.polarity_attention.polarity_linear_attention`.
 
     Args:
-        q (Tensor): (B, h, N, d) queries; d in 16, 32, 64, 128.
+        q (Tensor): (B, h, N, d) queries; d in
+            :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS`.
         k (Tensor): (B, h, n, d) keys.
         v (Tensor): (B, h, n, d) values.
         power (Tensor): (1, h, 1, d) exponents (>= 1).
         eps (float): normaliser epsilon.
         chunk (int): tokens reduced by one program (a multiple of 32); smaller gives more
             parallelism over tokens, larger fewer partial sums.
+        out_dtype (torch.dtype, optional): dtype of the result (default q's).
+        guard (optional): told of the backward kernels' outcome, as
+            ``guard.passed('backward')`` or ``guard.failed(error, 'backward')``; the latter
+            raises, or returns to have the gradients computed by the PyTorch path. None:
+            errors propagate.
 
     Returns:
-        Tensor: (B, h, N, d) in q's dtype.
+        Tensor: (B, h, N, d) of ``out_dtype``, laid out as (B, N, h, d) in memory.
     """
     check_polarity_inputs(q, k, v, power)
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f'the Triton kernels need head dims in {SUPPORTED_HEAD_DIMS}, '
-                         f'got {q.shape[-1]}; use the PyTorch path')
+                         f"got {q.shape[-1]}; attn_impl='torch' runs any even head dims")
     if any(t.dtype not in KERNEL_DTYPES for t in (q, k, v)):
         raise ValueError(f'q, k, v must each be one of {KERNEL_DTYPES}; got '
                          f'{q.dtype}, {k.dtype}, {v.dtype}')
     if chunk <= 0 or chunk % BLOCK_TOKENS:
         raise ValueError(f'chunk must be a positive multiple of {BLOCK_TOKENS}, got {chunk}')
     if not (q.is_cuda or triton_interpreted()):
-        raise RuntimeError('the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)')
+        raise RuntimeError('the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1); '
+                           "attn_impl='torch' runs on any device")
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return TritonPolarityAttentionFunction.apply(q, k, v, power, eps, chunk)
+        return TritonPolarityAttentionFunction.apply(q, k, v, power, eps, chunk,
+                                                     out_dtype or q.dtype, guard)

@@ -1,23 +1,41 @@
 """The polarity-aware linear attention core: its contract, and which implementation runs it.
 
-Two implementations compute the same function: the lean PyTorch path
-(:mod:`pola_mm.ops.pola_torch`, any device, any even head dims) and fused Triton kernels
-(:mod:`pola_mm.ops.pola_triton`, CUDA, head dims 16/32/64/128). ``impl='auto'`` takes the
-kernels wherever they apply and PyTorch elsewhere; a model selects one with its
-``attn_impl`` argument. While a model is exported to ONNX, whatever its ``attn_impl``,
-the graph records the lean path's forward in plain tensor operations
-(:func:`polarity_linear_attention_traceable`). The plain form of the official code is kept
-only as the tests' reference (``tests/reference_pola.py``).
+Three implementations compute the same function: the lean PyTorch path
+(:mod:`pola_mm.ops.pola_torch`, any device, any even head dims), fused Triton kernels
+(:mod:`pola_mm.ops.pola_triton`, CUDA, the head dims of
+:data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS`) and the plain official math
+(:mod:`pola_mm.ops.pola_reference`, for reference and comparison only). A model selects one
+with its ``attn_impl`` argument:
+
+* ``'auto'`` takes the kernels for inputs on an NVIDIA GPU of compute capability 8.0 or
+  later with supported head dims, and PyTorch elsewhere. The first call for each
+  (device, head dims, dtypes, precision) runs the kernels inside a guard, forward and
+  (on its first backward) backward: if they raise (no C compiler for Triton's launcher,
+  a GPU without the resources a kernel needs, ...) one warning names the error and
+  ``attn_impl='torch'``, that call's result (or gradients) comes from the PyTorch path, and
+  so does every later call for that configuration.
+* ``'triton'`` always runs the kernels and re-raises their errors, naming
+  ``attn_impl='torch'``; ``'torch'`` and ``'reference'`` always run their path.
+
+While a model is exported to ONNX, whatever its ``attn_impl``, the graph records the lean
+path's forward in plain tensor operations (:func:`polarity_linear_attention_traceable`).
 """
-from typing import Optional
+import warnings
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .pola_torch import (check_polarity_inputs, mixing_matrices,
-                         polarity_linear_attention_torch, scale_row_weight)
+from .pola_reference import plain_polarity_attention
+from .pola_torch import (check_polarity_inputs, mixing_matrices, polarity_linear_attention_torch,
+                         scale_row_weight)
+from .triton_compile import SUPPORTED_HEAD_DIMS, kernel_precision
 
-ATTENTION_IMPLS = ('auto', 'torch', 'triton')
+ATTENTION_IMPLS = ('auto', 'torch', 'triton', 'reference')
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: (device, head dims, q/k/v dtypes, precision) -> 'forward' (its forward ran),
+#: 'verified' (its backward too) or 'failed' (the PyTorch path runs it from then on).
+_KERNEL_STATUS: Dict[Tuple, str] = {}
 
 
 def check_attention_impl(impl: str) -> str:
@@ -27,14 +45,85 @@ def check_attention_impl(impl: str) -> str:
     return impl
 
 
-def _triton_applies(q: Tensor, k: Tensor, v: Tensor) -> bool:
-    if not q.is_cuda:
+def _on_checked_gpu(t: Tensor) -> bool:
+    """Whether ``t`` lives on an NVIDIA GPU of an architecture the compile check covers
+    (compute capability 8.0 or later)."""
+    return (t.is_cuda and torch.version.hip is None and
+            torch.cuda.get_device_capability(t.device)[0] >= 8)
+
+
+def _kernels_apply(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether ``'auto'`` takes the Triton kernels for these inputs."""
+    if not _on_checked_gpu(q) or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return False
+    if any(t.dtype not in _KERNEL_DTYPES for t in (q, k, v)):
         return False
     try:
-        from .pola_triton import triton_supports
+        import triton  # noqa: F401
     except ImportError:  # a torch build without Triton
         return False
-    return all(triton_supports(t) for t in (q, k, v))
+    return True
+
+
+class _KernelGuard:
+    """Outcome of the kernels for one configuration ``key``: records successes, and turns
+    a failure into one warning and the PyTorch path (``fallback``) or into an error that
+    names ``attn_impl='torch'``."""
+
+    def __init__(self, key: Tuple, fallback: bool):
+        self.key = key
+        self.fallback = fallback
+
+    def _describe(self) -> str:
+        device, dims, dtypes, precision = self.key
+        return (f'on {device} (head dims {dims}, q/k/v {"/".join(dtypes)}, '
+                f'{precision} products)')
+
+    def failed(self, error: Exception, stage: str) -> None:
+        """Raise, or (``fallback``) warn once and mark the configuration failed."""
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            raise error  # memory is short for any path: not a reason to switch
+        message = (f'the fused Triton kernels failed in {stage} {self._describe()}: '
+                   f'{type(error).__name__}: {error}')
+        if not self.fallback:
+            raise RuntimeError(f"{message}\nattn_impl='torch' runs the PyTorch path "
+                               'instead') from error
+        _KERNEL_STATUS[self.key] = 'failed'
+        warnings.warn(f"{message}\nFalling back to attn_impl='torch' (the PyTorch path) for "
+                      "this configuration; set attn_impl='torch' to choose it from the start.",
+                      RuntimeWarning, stacklevel=4)
+
+    def passed(self, stage: str) -> None:
+        if _KERNEL_STATUS.get(self.key) != 'failed':
+            _KERNEL_STATUS[self.key] = 'verified' if stage == 'backward' else 'forward'
+
+
+def _run_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
+                scale: Optional[Tensor], fallback: bool) -> Optional[Tensor]:
+    """The kernels' result, or None where ``fallback`` and the configuration has failed
+    (now or before): the caller then runs the PyTorch path."""
+    key = (str(q.device), q.shape[-1], tuple(str(t.dtype).replace('torch.', '')
+                                             for t in (q, k, v)), kernel_precision(q.device))
+    status = _KERNEL_STATUS.get(key)
+    if fallback and status == 'failed':
+        return None
+    out_dtype = q.dtype
+    if scale is not None:
+        q, k = q / scale, k / scale
+    guard = _KernelGuard(key, fallback)
+    if status in ('forward', 'verified'):  # its forward has run: at most backward unproven
+        from .pola_triton import polarity_linear_attention_triton
+        return polarity_linear_attention_triton(q, k, v, power, eps, out_dtype=out_dtype,
+                                                guard=guard if status == 'forward' else None)
+    try:  # importing the kernels (Triton itself) can fail too
+        from .pola_triton import polarity_linear_attention_triton
+        out = polarity_linear_attention_triton(q, k, v, power, eps, out_dtype=out_dtype,
+                                               guard=guard)
+    except Exception as error:  # noqa: BLE001 (any kernel failure, see _KernelGuard)
+        guard.failed(error, 'forward')
+        return None
+    guard.passed('forward')
+    return out
 
 
 def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
@@ -63,24 +152,30 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
         v (Tensor): (B, h, n, d) values; ``d`` must be even.
         power (Tensor): (1, h, 1, d) exponents ``1 + alpha * sigmoid(param)``.
         eps (float): normaliser epsilon (official value 1e-6).
-        impl (str): 'auto' (Triton kernels on CUDA where they support the head dims,
-            else PyTorch), 'torch' or 'triton'.
+        impl (str): 'auto' (Triton kernels on CUDA where they support the head dims and
+            pass their first call, else PyTorch), 'torch', 'triton' or 'reference' (the
+            plain official math: slow, for comparison).
         scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k
             (``softplus(scale)`` of the models); the PyTorch path folds it into its small
             matrices instead of dividing the (B, h, L, d) tensors.
 
     Returns:
-        Tensor: (B, h, N, d); channels ``[:d/2]`` come from the sim stream, ``[d/2:]``
-        from the opp stream.
+        Tensor: (B, h, N, d) of ``q``'s dtype; channels ``[:d/2]`` come from the sim
+        stream, ``[d/2:]`` from the opp stream.
     """
     check_attention_impl(impl)
     if torch.onnx.is_in_onnx_export():
         return polarity_linear_attention_traceable(q, k, v, power, eps, scale)
-    if impl == 'triton' or (impl == 'auto' and _triton_applies(q, k, v)):
-        from .pola_triton import polarity_linear_attention_triton
+    check_polarity_inputs(q, k, v, power, scale)  # bad input is no kernel failure
+    if impl == 'reference':
+        dtype = q.dtype
         if scale is not None:
             q, k = q / scale, k / scale
-        return polarity_linear_attention_triton(q, k, v, power, eps)
+        return plain_polarity_attention(q, k, v, power, eps).to(dtype)
+    if impl == 'triton' or (impl == 'auto' and _kernels_apply(q, k, v)):
+        out = _run_triton(q, k, v, power, eps, scale, fallback=impl == 'auto')
+        if out is not None:
+            return out
     return polarity_linear_attention_torch(q, k, v, power, eps, scale)
 
 

@@ -4,10 +4,12 @@ Measures, side by side in one run, forward (no grad) and forward + backward time
 peak memory of a training step of
 
 * the attention core alone: the plain reference of the official math
-  (``tests/reference_pola.py``), the lean PyTorch path and, on CUDA, the Triton kernels;
+  (``pola_mm/ops/pola_reference.py``), the lean PyTorch path and, on CUDA, the Triton
+  kernels;
 * the stage-1 attention layers: Pola-Swin-T (C 96, 3 heads, global) and Pola-PVT-T
-  (C 64, 1 head, global) with the plain core and with the models' own implementations
-  (``attn_impl='torch'``, and ``'triton'`` on CUDA), pola_mm's softmax window-7 attention
+  (C 64, 1 head, global) with each of the models' implementations of the core
+  (``attn_impl='reference'`` for the plain core, ``'torch'``, and ``'triton'`` on CUDA),
+  pola_mm's softmax window-7 attention
   (Pola-Swin's 'S' stages, the same math as mmdet's), mmdet's Swin-T window-7 attention
   (``ShiftWindowMSA``, plain and shifted) and PVT-T spatial-reduction attention
   (``SpatialReductionAttention``, sr 8), all on the same stage-1 token grid;
@@ -39,9 +41,9 @@ Usage::
     python tools/analysis/benchmark.py                   # CPU, 2 threads, fp32
     python tools/analysis/benchmark.py --device cuda --dtype bf16 --batch 2
     python tools/analysis/benchmark.py --quick           # tiny shapes, smoke test
+    python tools/analysis/benchmark.py --filter stage-1 backbone   # only those groups
 """
 import argparse
-import contextlib
 import ctypes
 import json
 import logging
@@ -58,13 +60,12 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
+sys.path.insert(0, str(ROOT))
 
-import pola_mm.models.pola_attention as pola_attention_module  # noqa: E402
 from pola_mm.models import (PolaLinearAttention, PolaPVT, PolaSwinTransformer,  # noqa: E402
                             ShiftWindowAttention)
+from pola_mm.ops.pola_reference import plain_polarity_attention  # noqa: E402
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch  # noqa: E402
-from reference_pola import plain_polarity_attention  # noqa: E402
 
 try:  # mmdet's softmax baselines; a GPU box without a compiled mmcv still benchmarks Pola
     from mmdet.models.backbones.pvt import PyramidVisionTransformer, SpatialReductionAttention
@@ -90,26 +91,8 @@ def core_functions(device: str) -> Dict[str, Callable]:
 
 
 def fast_impls(device: str) -> Dict[str, str]:
-    """The models' own implementations (``attn_impl``) to compare: core name -> impl."""
+    """The models' own fast implementations (``attn_impl``) to compare: core name -> impl."""
     return {'lean': 'torch', 'triton': 'triton'} if device == 'cuda' else {'lean': 'torch'}
-
-
-@contextlib.contextmanager
-def attention_core(core: Callable):
-    """Make every PolaLinearAttention use ``core`` (the benchmark's own switch, so that the
-    plain reference, which lives in the tests, can run inside the real layer)."""
-    original = pola_attention_module.polarity_linear_attention
-
-    def divide_then_core(q, k, v, power, scale=None, **_):
-        if scale is not None:
-            q, k = q / scale, k / scale
-        return core(q, k, v, power)
-
-    pola_attention_module.polarity_linear_attention = divide_then_core
-    try:
-        yield
-    finally:
-        pola_attention_module.polarity_linear_attention = original
 
 
 class MemoryMeter:
@@ -176,9 +159,8 @@ def outputs_sum(out) -> Tensor:
 class Case:
     """One measured thing: builds its module and inputs on demand; its steps run it."""
 
-    def __init__(self, name: str, group: str, build: Callable[[], Tuple[nn.Module, Callable]],
-                 core: Optional[Callable] = None):
-        self.name, self.group, self.build, self.core = name, group, build, core
+    def __init__(self, name: str, group: str, build: Callable[[], Tuple[nn.Module, Callable]]):
+        self.name, self.group, self.build = name, group, build
 
     def steps(self, device: str, dtype: torch.dtype) -> Tuple[Callable, Callable]:
         """A forward (no grad) and a training step (forward + backward) of the case."""
@@ -186,15 +168,12 @@ class Case:
         module = module.to(device)
         autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
 
-        def core_context():
-            return attention_core(self.core) if self.core else contextlib.nullcontext()
-
         def forward():
-            with core_context(), torch.no_grad(), autocast:
+            with torch.no_grad(), autocast:
                 call(module)
 
         def train_step():
-            with core_context(), autocast:
+            with autocast:
                 loss = outputs_sum(call(module))
             loss.backward()
             module.zero_grad(set_to_none=True)
@@ -298,15 +277,13 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
                               attention(lambda: ShiftWindowMSA(96, 3, 7, shift_size=3), 96)))
         cases.append(Case('pola_mm softmax window w7 shift 3', group,
                           attention(lambda: ShiftWindowAttention(96, 3, 7, shift=True), 96)))
-        cases.append(Case('pola (plain core)', group, attention(swin_pola(), 96),
-                          plain_polarity_attention))
+        cases.append(Case('pola (plain core)', group, attention(swin_pola('reference'), 96)))
         for core_name, impl in impls.items():
             cases.append(Case(f'pola ({core_name} core)', group, attention(swin_pola(impl), 96)))
         group = f'{tag} stage-1 attention pvt-t'
         if MMDET_ERROR is None:
             cases.append(Case('mmdet SRA sr8', group, mmdet_sra))
-        cases.append(Case('pola (plain core)', group, attention(pvt_pola(), 64),
-                          plain_polarity_attention))
+        cases.append(Case('pola (plain core)', group, attention(pvt_pola('reference'), 64)))
         for core_name, impl in impls.items():
             cases.append(Case(f'pola ({core_name} core)', group, attention(pvt_pola(impl), 64)))
 
@@ -375,7 +352,8 @@ def parse_args(argv=None):
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--repeat', type=int, default=5, help='timed runs (median)')
     parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
-    parser.add_argument('--filter', default='', help='only groups containing this text')
+    parser.add_argument('--filter', nargs='+', default=[''],
+                        help='only groups containing one of these texts')
     parser.add_argument('--peaks-only', action='store_true',
                         help='measure only the peaks and print them as JSON (the child pass)')
     parser.add_argument('--quick', action='store_true',
@@ -394,7 +372,21 @@ def measure_peaks(argv: Optional[List[str]]) -> List[int]:
     raise RuntimeError(f'the peak-memory pass failed:\n{child.stderr[-3000:]}')
 
 
-def main(argv=None) -> str:
+def select_cases(args) -> List[Case]:
+    """The cases the arguments ask for."""
+    sizes = {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
+    return [case for case in build_cases(sizes, args.batch, args.device, DTYPES[args.dtype])
+            if any(text in case.group for text in args.filter)]
+
+
+def run(argv: Optional[List[str]] = None) -> Tuple[List[Dict], str]:
+    """Benchmark what ``argv`` asks for (the command-line arguments).
+
+    Returns:
+        tuple: one dict per case (``name``, ``group``, ``fwd`` and ``fwd_bwd`` medians in
+        ms, ``fwd_bwd_rounds``, ``peak`` in bytes, from a child process given ``argv``),
+        and a label of the device and settings.
+    """
     args = parse_args(argv)
     if args.device == 'cuda' and not torch.cuda.is_available():
         raise RuntimeError('--device cuda but CUDA is not available')
@@ -403,22 +395,28 @@ def main(argv=None) -> str:
     if MMDET_ERROR is not None:
         print_log(f'mmdet baselines left out (mmdet does not import: {MMDET_ERROR})',
                   level=logging.WARNING)
-    sizes = {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
+    cases = select_cases(args)
     repeat = 1 if args.quick else args.repeat
-    dtype = DTYPES[args.dtype]
-    cases = [case for case in build_cases(sizes, args.batch, args.device, dtype)
-             if args.filter in case.group]
-    if args.peaks_only:
-        meter = MemoryMeter(args.device)
-        peaks = [case.peak(args.device, dtype, meter) for case in cases]
-        print_log(PEAKS_MARK + json.dumps(peaks))
-        return ''
-    rows = [dict(result, name=case.name, group=case.group)
-            for case, result in zip(cases, time_cases(cases, args.device, dtype, repeat))]
+    rows = [dict(result, name=case.name, group=case.group) for case, result in
+            zip(cases, time_cases(cases, args.device, DTYPES[args.dtype], repeat))]
     for row, peak in zip(rows, measure_peaks(argv)):
         row['peak'] = peak
     label = (torch.cuda.get_device_name() if args.device == 'cuda' else
              f'cpu, {args.threads} threads') + f', {args.dtype}, batch {args.batch}'
+    return rows, label
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    if args.peaks_only:
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(0)
+        meter = MemoryMeter(args.device)
+        peaks = [case.peak(args.device, DTYPES[args.dtype], meter)
+                 for case in select_cases(args)]
+        print_log(PEAKS_MARK + json.dumps(peaks))
+        return ''
+    rows, label = run(argv)
     report = format_table(rows, label) + '\n\n' + scaling_table(rows)
     print_log(report)
     return report

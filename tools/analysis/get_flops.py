@@ -5,9 +5,9 @@ as one FLOP, as in mmdet/mmseg/mmpretrain's ``get_flops``; element-wise work suc
 polarity feature maps, softmax or activations is not counted). The linear attention's
 matrix products are counted: the fast cores run inside autograd Functions that tracing
 cannot see into, so the count runs the layers with the plain reference core
-(``tests/reference_pola.py``), whose ``K^T V``, ``Q (K^T V)`` and normaliser products
-are ordinary matmuls and have the same multiply-add count as the fast cores up to the
-normaliser (2d per query per stream).
+(``attn_impl='reference'``, :mod:`pola_mm.ops.pola_reference`), whose ``K^T V``,
+``Q (K^T V)`` and normaliser products are ordinary matmuls and have the same multiply-add
+count as the fast cores up to the normaliser (2d per query per stream).
 
 At 224 x 224 the released ImageNet classifier is counted (Swin-B-384 at its 384 x 384);
 at 1333 x 800 the backbone alone, as detection and segmentation use it (no neck or head).
@@ -26,25 +26,26 @@ import torch
 from mmengine.analysis import get_model_complexity_info
 from mmengine.logging import print_log
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import attention_core, plain_polarity_attention  # noqa: E402
-
-import pola_mm.timm  # noqa: E402,F401  (registers the released models with timm)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from timm import create_model  # noqa: E402
 
-ARCHS = ('pola_swin_tiny', 'pola_swin_small', 'pola_swin_base', 'pola_swin_base_384',
-         'pola_pvt_tiny', 'pola_pvt_small', 'pola_pvt_medium', 'pola_pvt_large')
+import pola_mm  # noqa: E402,F401  (registers the timm models)
+from pola_mm.variants import RELEASED  # noqa: E402
+
+ARCHS = tuple(model.name for model in RELEASED)
 SIZES = {'224': (224, 224), '1333x800': (800, 1333)}
 
 
 def complexity(arch: str, size: Tuple[int, int]) -> Dict[str, float]:
-    """{'params', 'flops' (multiply-adds), 'size'} of one released model for one image."""
-    model = create_model(arch).eval()
+    """{'params', 'flops' (multiply-adds), 'size'} of one released model for one image,
+    counted with the plain reference core (``attn_impl='reference'``), whose products
+    tracing sees."""
+    model = create_model(arch, attn_impl='reference').eval()
     if size == SIZES['224']:
         size = model.pretrained_cfg['input_size'][1:]  # 384 x 384 for Swin-B-384
     else:  # detection / segmentation use the backbone alone
         model = model.backbone
-    with torch.no_grad(), attention_core(plain_polarity_attention):
+    with torch.no_grad():
         info = get_model_complexity_info(model, inputs=(torch.zeros(1, 3, *size), ),
                                          show_table=False, show_arch=False)
     return {'params': info['params'], 'flops': info['flops'], 'size': size}

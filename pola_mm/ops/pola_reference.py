@@ -1,9 +1,10 @@
 """The plain reference of PolaFormer's attention core, written literally as the authors do.
 
 The four polarity maps are materialised, the sim/opp queries are concatenated, and each
-stream does its own ``K^T V`` product and normaliser. Used by the op tests (as the
-reference the fast paths must match) and by ``tools/analysis/benchmark.py`` (as the
-"plain reference" whose time and peak memory the fast paths are compared with).
+stream does its own ``K^T V`` product and normaliser. Selected with
+``attn_impl='reference'`` (slow and memory-hungry: for comparison, not training); the op
+tests hold the fast paths to it and ``tools/analysis/benchmark.py`` measures them against
+it.
 """
 import torch
 import torch.nn.functional as F

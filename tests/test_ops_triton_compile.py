@@ -1,0 +1,90 @@
+"""The fused Triton kernels compile ahead of time for every checked GPU architecture, at
+every head dim the dispatcher accepts and each product precision it can choose, and fit
+the shared memory those GPUs offer one block.
+
+No GPU needed: Triton compiles for a named target (``GPUTarget('cuda', capability, 32)``)
+on CPU. The default run compiles once per family of architectures Triton lowers alike
+and stops at LLVM IR, where the shared memory is allocated; the slow run compiles every
+architecture, assembles the PTX with Triton's bundled ``ptxas -v`` (registers, spills)
+and shows why head dim 128 is not supported.
+"""
+import pytest
+
+from pola_mm.ops import pola_triton, polarity_attention
+from pola_mm.ops.triton_compile import (ARCH_FAMILIES, KERNEL_NAMES, MAX_SHARED_BYTES, PRECISIONS,
+                                        SUPPORTED_HEAD_DIMS, compile_kernel)
+
+pytestmark = pytest.mark.skipif(pola_triton.triton_interpreted(),
+                                reason='TRITON_INTERPRET is set: nothing compiles')
+
+
+def kernel_dtype(precision):
+    """The inputs each precision is checked with: fp32 for IEEE, bf16 for TF32 (AMP)."""
+    return 'float32' if precision == 'ieee' else 'bfloat16'
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+@pytest.mark.parametrize('capability', sorted(ARCH_FAMILIES))
+def test_kernels_compile_within_shared_memory(capability, precision):
+    """One build per family of architectures Triton lowers alike, held to the smallest
+    block allocation in the family (sm_80's builds to the 99 KB of sm_86/89/120)."""
+    too_large = []
+    for dims in SUPPORTED_HEAD_DIMS:
+        for kernel in KERNEL_NAMES:
+            build = compile_kernel(kernel, dims, precision, capability,
+                                   dtype=kernel_dtype(precision))
+            assert build.shared > 0
+            if not build.fits_family:
+                too_large.append((kernel, dims, build.shared))
+    assert not too_large, f'sm_{capability}, {precision}: shared memory over the limit'
+
+
+def test_every_architecture_is_checked():
+    assert sorted(arch for family in ARCH_FAMILIES.values() for arch in family) == \
+        sorted(MAX_SHARED_BYTES)
+    assert {80, 86, 89, 90} <= set(MAX_SHARED_BYTES)
+
+
+def test_dispatcher_accepts_exactly_the_checked_head_dims(monkeypatch):
+    import torch
+    monkeypatch.setattr(polarity_attention, '_on_checked_gpu', lambda t: True)
+    accepted = [dims for dims in range(2, 257, 2)
+                if polarity_attention._kernels_apply(*(torch.zeros(1, 1, 1, dims), ) * 3)]
+    assert tuple(accepted) == SUPPORTED_HEAD_DIMS
+    assert pola_triton.SUPPORTED_HEAD_DIMS is SUPPORTED_HEAD_DIMS
+
+
+def test_every_supported_head_dim_is_tested_against_the_reference():
+    from test_ops_pola_triton import CASES
+    assert {case[4] for case in CASES} == set(SUPPORTED_HEAD_DIMS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('capability', sorted(MAX_SHARED_BYTES))
+def test_kernels_assemble_with_registers_reported(capability, capsys):
+    """Every architecture on its own, through ``ptxas -v``: every build assembles, fits
+    the architecture's shared memory with the same allocation as the build CI checks for
+    its family, and keeps to the 255 registers a thread can have (spills are reported,
+    not limited)."""
+    family = next(key for key, members in ARCH_FAMILIES.items() if capability in members)
+    lines = []
+    for precision in PRECISIONS:
+        for dims in SUPPORTED_HEAD_DIMS:
+            for kernel in KERNEL_NAMES:
+                build = compile_kernel(kernel, dims, precision, capability,
+                                       dtype=kernel_dtype(precision), assemble=True)
+                assert build.fits and 0 < build.registers <= 255
+                if family != capability:
+                    assert build.shared == compile_kernel(
+                        kernel, dims, precision, family, dtype=kernel_dtype(precision)).shared
+                lines.append(f'sm_{capability} {precision} d{dims} {kernel}: shared '
+                             f'{build.shared} B, {build.registers} registers, '
+                             f'{build.spill_bytes} B spilled')
+    with capsys.disabled():
+        print('\n' + '\n'.join(lines))
+
+
+@pytest.mark.slow
+def test_head_dim_128_outgrows_every_gpu():
+    build = compile_kernel('_query_backward_kernel', 128, 'ieee', 90)
+    assert build.shared > max(MAX_SHARED_BYTES.values())
