@@ -38,7 +38,8 @@ class PolaLinearAttention(nn.Module):
         kernel_size (int): kernel of the depthwise conv on v.
         proj_drop (float): dropout after ``proj``.
         attn_impl (str): implementation of the core: 'auto' (fused Triton kernels on
-            CUDA, PyTorch elsewhere), 'torch' or 'triton'; all compute the same function.
+            CUDA, guarded, PyTorch elsewhere), 'torch', 'triton' or 'reference' (the plain
+            official math, for checks); all compute the same function.
     """
 
     def __init__(self,
