@@ -1,6 +1,7 @@
 """Deterministic synthetic datasets (shapes) for tests and the demo; nothing is downloaded."""
-from .imagefolder import SHAPE_CLASSES, make_shapes_imagefolder
+from .drawing import SHAPE_CLASSES, draw_shape
+from .imagefolder import make_shapes_imagefolder
 from .shapes import make_shapes_coco, shapes_coco_dataloaders
 
-__all__ = ['SHAPE_CLASSES', 'make_shapes_coco', 'make_shapes_imagefolder',
+__all__ = ['SHAPE_CLASSES', 'draw_shape', 'make_shapes_coco', 'make_shapes_imagefolder',
            'shapes_coco_dataloaders']

@@ -3,7 +3,7 @@
 Each image is one of :func:`.shapes.render_shapes_image`'s pictures (filled shapes on a
 textured background). Its label map follows ADE20K's raw encoding, which mmseg reads with
 ``reduce_zero_label=True``: 0 is "unlabelled" (ignored), 1 is the background, and shape
-class ``i`` of :data:`.imagefolder.SHAPE_CLASSES` is ``i + 2``. After mmseg's reduction
+class ``i`` of :data:`.drawing.SHAPE_CLASSES` is ``i + 2``. After mmseg's reduction
 the background is class 0 and the shapes are classes 1..4 of ADE20K's 150. The layout is
 the one mmseg's ``ADE20KDataset`` reads::
 
@@ -20,7 +20,7 @@ import numpy as np
 from mmengine.utils import mkdir_or_exist
 from PIL import Image
 
-from .imagefolder import SHAPE_CLASSES
+from .drawing import SHAPE_CLASSES
 from .shapes import render_shapes_image
 
 ADE_SPLITS = ('training', 'validation')

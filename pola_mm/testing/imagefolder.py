@@ -7,9 +7,10 @@ read without an annotation file::
       train/<class name>/<index>.png
       val/<class name>/<index>.png
 
-Each class is one kind of filled shape (disc, square, triangle, ...) drawn in a random
-colour, size and position on a noisy background, so a classifier can actually learn the
-task. The same ``seed`` always writes byte-identical files.
+Each class is one kind of filled shape (disc, square, triangle, cross:
+:func:`.drawing.draw_shape`) drawn in a random colour, size and position on a noisy
+background, so a classifier can actually learn the task. The same ``seed`` always writes
+byte-identical files.
 """
 import os.path as osp
 from typing import Dict, List, Sequence
@@ -18,26 +19,7 @@ import numpy as np
 from mmengine.utils import mkdir_or_exist
 from PIL import Image, ImageDraw
 
-SHAPE_CLASSES = ('disc', 'square', 'triangle', 'cross')
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: np.ndarray,
-                radius: float, colour: tuple) -> None:
-    """Draw one filled ``shape`` of half-size ``radius`` around ``centre`` (x, y)."""
-    x, y = centre
-    if shape == 'disc':
-        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
-    elif shape == 'square':
-        draw.rectangle((x - radius, y - radius, x + radius, y + radius), fill=colour)
-    elif shape == 'triangle':
-        draw.polygon([(x, y - radius), (x - radius, y + radius), (x + radius, y + radius)],
-                     fill=colour)
-    elif shape == 'cross':
-        bar = radius / 3
-        draw.rectangle((x - radius, y - bar, x + radius, y + bar), fill=colour)
-        draw.rectangle((x - bar, y - radius, x + bar, y + radius), fill=colour)
-    else:
-        raise ValueError(f'unknown shape {shape!r}; expected one of {SHAPE_CLASSES}')
+from .drawing import SHAPE_CLASSES, draw_shape
 
 
 def render_shape_image(shape: str, image_size: int, rng: np.random.Generator) -> Image.Image:
@@ -47,7 +29,7 @@ def render_shape_image(shape: str, image_size: int, rng: np.random.Generator) ->
     radius = rng.uniform(0.2, 0.35) * image_size
     centre = rng.uniform(radius, image_size - radius, size=2)
     colour = tuple(int(c) for c in rng.integers(128, 256, size=3))
-    _draw_shape(ImageDraw.Draw(image), shape, centre, radius, colour)
+    draw_shape(ImageDraw.Draw(image), shape, centre, radius, colour)
     return image
 
 

@@ -1,6 +1,6 @@
 """A deterministic COCO-format detection dataset of shapes, with instance masks.
 
-Each image shows a few filled shapes (the classes of :data:`.imagefolder.SHAPE_CLASSES`)
+Each image shows a few filled shapes (the classes of :data:`.drawing.SHAPE_CLASSES`)
 in random colours and sizes on a textured background (noise over a colour gradient and
 stripes). Later shapes may occlude earlier ones; every instance's mask, box and area are
 those of its visible part, and an instance left with too few visible pixels is dropped.
@@ -21,7 +21,7 @@ from mmengine.utils import mkdir_or_exist
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from .imagefolder import SHAPE_CLASSES, _draw_shape
+from .drawing import SHAPE_CLASSES, draw_shape
 
 MIN_VISIBLE_PIXELS = 30
 
@@ -52,9 +52,9 @@ def render_shapes_image(image_size: int, max_shapes: int, rng: np.random.Generat
         radius = rng.uniform(0.08, 0.22) * image_size
         centre = rng.uniform(radius, image_size - radius, size=2)
         colour = tuple(int(c) for c in rng.integers(110, 256, size=3))
-        _draw_shape(draw, SHAPE_CLASSES[label], centre, radius, colour)
+        draw_shape(draw, SHAPE_CLASSES[label], centre, radius, colour)
         canvas = Image.new('L', (image_size, image_size), 0)
-        _draw_shape(ImageDraw.Draw(canvas), SHAPE_CLASSES[label], centre, radius, 255)
+        draw_shape(ImageDraw.Draw(canvas), SHAPE_CLASSES[label], centre, radius, 255)
         mask = np.asarray(canvas) > 0
         instances = [(lab, old & ~mask) for lab, old in instances]
         instances.append((label, mask))
