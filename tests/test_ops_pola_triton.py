@@ -6,13 +6,11 @@ comparisons run once in a child process (this file run as a script) and the test
 the errors it reports.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from triton_interpreter import run_under_interpreter
 
 # (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
 # several chunks per reduction (chunk 32 with 97 tokens), every supported head dim (16,
@@ -110,13 +108,7 @@ def compare_half_output(device):
 
 @pytest.fixture(scope='module')
 def interpreter_results():
-    tests_dir = Path(__file__).parent
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([str(tests_dir), str(tests_dir.parent)]))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_under_interpreter(__file__)
 
 
 @pytest.fixture(scope='module')

@@ -9,12 +9,9 @@ needs Triton's interpreter, so those cases run once in a child process (this fil
 a script with ``TRITON_INTERPRET=1``, as in ``test_ops_pola_triton.py``).
 """
 import json
-import os
-import subprocess
 import sys
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +20,7 @@ from pola_mm.models import PolaLinearAttention
 from pola_mm.ops import pola_triton, polarity_attention
 from pola_mm.ops.polarity_attention import polarity_linear_attention
 from pola_mm.ops.triton_compile import kernel_precision
+from triton_interpreter import run_under_interpreter
 
 SHARED_MEMORY_ERROR = ('out of resource: shared memory, Required: 311296, '
                        'Hardware limit: 232448')
@@ -271,13 +269,7 @@ def interpreted_cases():
 
 @pytest.fixture(scope='module')
 def interpreted():
-    tests_dir = Path(__file__).parent
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([str(tests_dir), str(tests_dir.parent)]))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_under_interpreter(__file__)
 
 
 def test_auto_runs_real_kernels_through_the_guard(interpreted):

@@ -7,13 +7,11 @@ No GPU in CI: the kernels run in Triton's CPU interpreter, in a child process (t
 run as a script with ``TRITON_INTERPRET=1``, as in ``test_ops_pola_triton.py``).
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+
+from triton_interpreter import run_under_interpreter
 
 # a small odd grid: 35 tokens = one full and one partial block of 32
 LAYER_GRID = (5, 7)
@@ -96,13 +94,7 @@ def compare_all():
 
 @pytest.fixture(scope='module')
 def interpreter_results():
-    tests_dir = Path(__file__).parent
-    env = dict(os.environ, TRITON_INTERPRET='1', OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join([str(tests_dir), str(tests_dir.parent)]))
-    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_under_interpreter(__file__, timeout=900)
 
 
 def check(errors, tolerance):
