@@ -13,7 +13,8 @@ from mmengine.logging import MMLogger
 from official_layout import official_checkpoint, official_layout_state_dict, official_shapes
 from pola_mm.checkpoint import load_pretrained_backbone, read_checkpoint, select_model_weights
 from pola_mm.models import PolaPVT, PolaSwinTransformer, released_backbone
-from pola_mm.variants import RELEASED_BY_NAME
+from pola_mm.variants import RELEASED, V1_FAMILIES
+from training_file import save_training_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,39 +25,13 @@ OFFICIAL_KEY_COUNTS = {
     'pola_pvt_medium': 554, 'pola_pvt_large': 801,
 }
 
-# A stand-in for the authors' yacs CfgNode, pickled under yacs' real module path.
-YACS_STAND_IN = '''
-import sys, types
-config = types.ModuleType('yacs.config')
-class CfgNode(dict):
-    IMMUTABLE = '__immutable__'
-    def __init__(self, init_dict=None):
-        super().__init__(init_dict or {})
-        self.__dict__[CfgNode.IMMUTABLE] = False
-CfgNode.__module__ = 'yacs.config'
-config.CfgNode = CfgNode
-sys.modules['yacs'] = types.ModuleType('yacs')
-sys.modules['yacs.config'] = config
-'''
-
-
 def save_released_file(path, arch, with_yacs=True):
     """Save official-layout weights as the released training checkpoints are stored."""
-    checkpoint = official_checkpoint(official_layout_state_dict(arch))
-    checkpoint['optimizer'] = {'state': {0: {'exp_avg': torch.zeros(3)}},
-                               'param_groups': [{'lr': 5e-4, 'params': [0]}]}
-    script = 'import torch\n' + (YACS_STAND_IN if with_yacs else '') + textwrap.dedent(f'''
-        checkpoint = torch.load({str(path)!r} + '.tmp', weights_only=True)
-        if {with_yacs!r}:
-            checkpoint['config'] = CfgNode({{'MODEL': CfgNode({{'TYPE': 'pola_swin'}})}})
-        torch.save(checkpoint, {str(path)!r})
-    ''')
-    torch.save(checkpoint, f'{path}.tmp')
-    subprocess.run([sys.executable, '-c', script], check=True)
-    os.remove(f'{path}.tmp')
+    save_training_file(path, official_checkpoint(official_layout_state_dict(arch)),
+                       'pola_swin', with_yacs)
 
 
-@pytest.mark.parametrize('arch', sorted(RELEASED_BY_NAME))
+@pytest.mark.parametrize('arch', sorted(m.name for m in RELEASED if m.family in V1_FAMILIES))
 def test_released_layout_loads_every_key(arch, tmp_path):
     path = tmp_path / f'{arch}.pth'
     torch.save(official_checkpoint(official_layout_state_dict(arch)), path)

@@ -1,9 +1,10 @@
 """ONNX export (tools/deployment/export_onnx.py) with dynamic batch, height and width.
 
-Backbones of the released architectures (random weights) and a segmentor built from a
-segmentation config are exported once at one size and run in onnxruntime at two sizes;
-their outputs must equal PyTorch's within 1e-4 (relative to the largest output). The
-export-only code paths of the models are also checked in PyTorch against the eager ones.
+A small backbone of each family (:data:`FAMILIES`, random weights) with each exporter
+(dynamo and TorchScript), and models built from the released task configs, are exported
+once at one size and run in onnxruntime at other sizes; their outputs must equal PyTorch's
+within 1e-4 (relative to the largest output). The export-only code paths of the models are
+also checked in PyTorch against the eager ones.
 """
 import os.path as osp
 import sys
@@ -14,7 +15,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from pola_mm.models import PolaPVT, PolaSwinTransformer
+from pola_mm.models import PolaPP, PolaPVT, PolaSwinTransformer
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch
 from pola_mm.ops.polarity_attention import polarity_linear_attention_traceable
 
@@ -40,17 +41,48 @@ model = dict(
 sys.path.insert(0, osp.join(REPO, 'tools', 'deployment'))
 import export_onnx as export_tool  # noqa: E402
 
+#: (family, builder of a small backbone of it): each family is exported with each exporter
+#: and checked against PyTorch; a new family is one more entry.
+FAMILIES = [
+    ('pola-pvt', lambda: PolaPVT(dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
+                                      num_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]))),
+    ('pola-swin', lambda: PolaSwinTransformer(dict(embed_dims=16, depths=[1, 1, 2, 2],
+                                                   num_heads=[1, 1, 2, 2]))),
+    ('polapp', lambda: PolaPP(dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1],
+                                   num_heads=[1, 2, 2, 4]))),
+]
+BUILDERS = dict(FAMILIES)
+#: (exporter, opset) of the backbone graphs: both exporters at the tool's default opset, and
+#: the TorchScript exporter at opset 11, that of MMDeploy's deploy configs
+EXPORTS = [(exporter, export_tool.OPSET) for exporter in export_tool.EXPORTERS] + [
+    ('torchscript', 11)
+]
+TRACE_SIZE = (224, 224)
+#: neither is the traced size; 231 x 289 is no multiple of the total stride 32, so the
+#: graph pads (patches, and Swin's patch merging and windows) at every stage
+CHECK_SIZES = [(256, 320), (231, 289)]
+
 
 def perturb_pola_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Random values for what the official initialisation leaves at zero (Pola scale,
-    power and positional tables), so that the attention is not a trivial one."""
+    power and positional tables, PolaFormer++ temperatures), so that the attention is not
+    a trivial one."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(('.scale', '.power', 'positional_encoding', 'pos_embed1',
-                              'pos_embed2', 'pos_embed3', 'pos_embed4')):
+                              'pos_embed2', 'pos_embed3', 'pos_embed4', '.s1', '.s2')):
                 param.add_(torch.randn(param.shape, generator=generator) * 0.5)
     return model.eval()
+
+
+def small_backbone(family: str) -> torch.nn.Module:
+    """The :data:`FAMILIES` backbone of ``family``: official initialisation (seeded),
+    then :func:`perturb_pola_parameters`."""
+    torch.manual_seed(0)
+    backbone = BUILDERS[family]()
+    backbone.init_weights()
+    return perturb_pola_parameters(backbone)
 
 
 def test_traceable_core_equals_lean_path():
@@ -65,24 +97,23 @@ def test_traceable_core_equals_lean_path():
             rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('size', [(193, 250), (224, 224), (320, 480), (97, 131)])
-def test_export_paths_equal_eager_model(size, monkeypatch):
+@pytest.mark.parametrize('family', BUILDERS)
+def test_export_paths_equal_eager_model(family, monkeypatch):
     """What the graph computes (always padded, resized and shifted as values, one window
-    size, an extra padded row and column of windows) equals the eager model wherever
-    minimum_input_size allows it."""
-    torch.manual_seed(0)
-    swin = PolaSwinTransformer(dict(embed_dims=16, depths=[1, 1, 2, 2], num_heads=[1, 1, 2, 2]))
-    pvt = PolaPVT(dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                       num_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]))
-    image = torch.randn(2, 3, *size)
-    for model in (perturb_pola_parameters(swin), perturb_pola_parameters(pvt)):
-        if min(size) < export_tool.minimum_input_size(model):
-            continue
+    size, an extra padded row and column of windows) equals the eager model at every size
+    minimum_input_size allows."""
+    model = small_backbone(family)
+    sizes = [size for size in [(193, 250), (224, 224), (320, 480), (97, 131)]
+             if min(size) >= export_tool.minimum_input_size(model)]
+    assert sizes
+    for size in sizes:
+        image = torch.randn(2, 3, *size)
         with torch.no_grad():
             expected = model(image)
             monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
             exported = model(image)
             monkeypatch.undo()
+        assert len(exported) == len(expected)
         for got, want in zip(exported, expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -91,8 +122,7 @@ def test_minimum_input_size_is_where_windows_shrink(monkeypatch):
     """Below 32 * (7 - 1) + 1 = 193 px per side the eager Pola-Swin-T attends its last
     stage in smaller windows (6 x 6 here, where the graph keeps 7 x 7 ones): the tool
     refuses those sizes."""
-    swin = perturb_pola_parameters(PolaSwinTransformer(
-        dict(embed_dims=16, depths=[1, 1, 2, 2], num_heads=[1, 1, 2, 2])))
+    swin = small_backbone('pola-swin')
     assert export_tool.minimum_input_size(swin) == 193
     assert export_tool.minimum_input_size(PolaPVT('tiny')) == 32
     image = torch.randn(1, 3, 192, 300)
@@ -104,28 +134,30 @@ def test_minimum_input_size_is_where_windows_shrink(monkeypatch):
         export_tool.check_sizes(swin, [(192, 300)])
 
 
-@pytest.mark.parametrize('build', [lambda: PolaPVT('tiny'), lambda: PolaSwinTransformer('tiny')],
-                         ids=['pola-pvt-t', 'pola-swin-t'])
-def test_backbone_graph_has_dynamic_sizes(build, tmp_path):
-    """Exported at 224 x 224, the graph runs at 224 x 224 and 320 x 480 (batch 1, traced
-    with 2) with the four stage maps of PyTorch."""
-    torch.manual_seed(0)
-    backbone = build()
-    backbone.init_weights()
-    backbone = perturb_pola_parameters(backbone)
-    path = str(tmp_path / 'backbone.onnx')
-    names = export_tool.export_onnx(backbone, path, (224, 224))
-    assert names == ['feat0', 'feat1', 'feat2', 'feat3']
+@pytest.mark.parametrize('exporter, opset', EXPORTS,
+                         ids=[f'{exporter}-opset{opset}' for exporter, opset in EXPORTS])
+@pytest.mark.parametrize('family', BUILDERS)
+def test_backbone_graph_has_dynamic_sizes(family, exporter, opset, tmp_path):
+    """Exported once at 224 x 224 (batch 2), the graph runs at 256 x 320 and 231 x 289
+    (batch 1) with the stage maps of PyTorch."""
+    backbone = small_backbone(family)
+    path = str(tmp_path / f'{family}.onnx')
+    names = export_tool.export_onnx(backbone, path, TRACE_SIZE, opset, dict(family=family),
+                                    exporter)
 
     graph = onnx.load(path)
-    assert [(op.domain, op.version) for op in graph.opset_import if op.domain == ''] == [('', 20)]
+    assert [output.name for output in graph.graph.output] == names
+    assert names == [f'feat{i}' for i in range(len(names))]
+    assert [(op.domain, op.version) for op in graph.opset_import
+            if op.domain == ''] == [('', opset)]
+    assert {p.key: p.value for p in graph.metadata_props} == dict(family=family)
     dims = graph.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ['batch', 3, 'height', 'width']
 
-    results = export_tool.compare_with_onnxruntime(backbone, path, [(224, 224), (320, 480)])
-    assert [shape for shape, _ in results] == [(1, 3, 224, 224), (1, 3, 320, 480)]
+    results = export_tool.compare_with_onnxruntime(backbone, path, CHECK_SIZES)
+    assert [shape for shape, _ in results] == [(1, 3, *size) for size in CHECK_SIZES]
     for shape, differences in results:
-        assert len(differences) == 4
+        assert len(differences) == len(names)
         assert max(differences) < TOLERANCE, (shape, differences)
 
 
@@ -138,10 +170,12 @@ def _random_checkpoint(config: str, scope: str, path: str) -> None:
                     meta=dict(dataset_meta=dict(classes=list('abcde')))), path)
 
 
-def test_segmentor_graph_from_config(tmp_path, capsys):
-    """The Semantic FPN config's whole-image logits, exported at 128 x 128, match
-    PyTorch at 128 x 128 and 96 x 160; its head's upsampling (an int() of the size in
-    mmseg) is replaced by the same resize with a symbolic size."""
+@pytest.mark.parametrize('exporter', export_tool.EXPORTERS)
+def test_segmentor_graph_from_config(exporter, tmp_path, capsys):
+    """The Semantic FPN config's whole-image logits, exported at 128 x 128 by the tool's
+    command line with each exporter, match PyTorch at 128 x 128 and 96 x 160; its head's
+    upsampling (an int() of the size in mmseg) is replaced by the same resize with a
+    symbolic size."""
     config = str(tmp_path / 'segmentor.py')
     with open(config, 'w') as f:
         f.write(SMALL_SEGMENTOR.format(base=SEG_CONFIG))
@@ -161,10 +195,10 @@ def test_segmentor_graph_from_config(tmp_path, capsys):
     out = str(tmp_path / 'onnx' / 'segmentor.onnx')
     _, results = export_tool.main([
         config, checkpoint, '--out', out, '--shape', '128', '128', '--check-shape', '128',
-        '128', '--check-shape', '96', '160'
+        '128', '--check-shape', '96', '160', '--exporter', exporter
     ])
     printed = capsys.readouterr().out
-    assert 'opset 20' in printed and 'seg_logits' in printed
+    assert f'{exporter} exporter, opset 20' in printed and 'seg_logits' in printed
     assert [shape for shape, _ in results] == [(1, 3, 128, 128), (1, 3, 96, 160)]
     for shape, differences in results:
         assert max(differences) < TOLERANCE, (shape, differences)
@@ -189,10 +223,12 @@ model = dict(%s
 }
 
 
+@pytest.mark.parametrize('exporter', export_tool.EXPORTERS)
 @pytest.mark.parametrize('base', sorted(SMALL_MODELS), ids=lambda base: base.split('/')[0])
-def test_detector_and_classifier_graphs(base, tmp_path, capsys):
+def test_detector_and_classifier_graphs(base, exporter, tmp_path, capsys):
     """A detector's backbone + neck (five FPN levels) and a classifier's logits, from the
-    released configs with a small backbone, at two sizes."""
+    released configs with a small backbone, exported at 96 x 96 by each exporter and
+    checked at 64 x 128."""
     scope, text, names = SMALL_MODELS[base]
     config = str(tmp_path / 'model.py')
     with open(config, 'w') as f:
@@ -200,7 +236,7 @@ def test_detector_and_classifier_graphs(base, tmp_path, capsys):
     checkpoint = str(tmp_path / 'model.pth')
     _random_checkpoint(config, scope, checkpoint)
     out, results = export_tool.main([config, checkpoint, '--shape', '96', '96',
-                                     '--check-shape', '64', '128'])
+                                     '--check-shape', '64', '128', '--exporter', exporter])
     assert out == str(tmp_path / 'model.onnx')
     assert [o.name for o in onnx.load(out).graph.output] == names
     assert f'({scope})' in capsys.readouterr().out

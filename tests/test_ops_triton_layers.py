@@ -23,9 +23,9 @@ def released_layers():
     """{'<embed dims>/<heads>/<projection>': (embed dims, heads, projection, archs)} over
     the Pola layers of every released model's backbone."""
     from pola_mm.models import PolaLinearAttention, released_backbone
-    from pola_mm.variants import RELEASED
+    from pola_mm.variants import RELEASED, V1_FAMILIES
     layers = {}
-    for model in RELEASED:
+    for model in (m for m in RELEASED if m.family in V1_FAMILIES):  # the kernels' family
         backbone = released_backbone(model.name)
         for module in backbone.modules():
             if isinstance(module, PolaLinearAttention):
@@ -105,10 +105,10 @@ def check(errors, tolerance):
 
 
 def test_every_released_arch_has_its_layers_checked(interpreter_results):
-    from pola_mm.variants import RELEASED
+    from pola_mm.variants import RELEASED, V1_FAMILIES
     covered = {arch for errors in interpreter_results['layers'].values()
                for arch in errors['archs']}
-    assert covered == {model.name for model in RELEASED}
+    assert covered == {model.name for model in RELEASED if model.family in V1_FAMILIES}
     # Swin's head dims 32, PVT's 64, in fp32 and bf16
     keys = set(interpreter_results['layers'])
     assert {'96/3/qkvg/fp32', '64/1/qg_kv/bf16', '512/8/qg_kv/fp32'} <= keys

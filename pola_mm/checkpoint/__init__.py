@@ -6,7 +6,8 @@ allow-list) <- :mod:`.weights` (which weights of a file) <- :mod:`.loading` and
 :mod:`.classifier`. Nothing here imports :mod:`pola_mm.models`; each backbone family
 brings its own name converter (``convert_official_state_dict``, next to the model).
 """
-from .classifier import describe_official_arch, official_classifier_state_dict
+from .classifier import (describe_official_arch, official_classifier_state_dict,
+                         official_neck_weights)
 from .loading import (fit_state_dict, key_listing, load_into, load_model_checkpoint,
                       load_pretrained_backbone)
 from .reader import (check_checkpoint_integrity, checkpoint_globals, checkpoint_read_errors,
@@ -19,5 +20,5 @@ __all__ = [
     'describe_location', 'describe_official_arch', 'drop_classifier_and_buffers',
     'fit_state_dict', 'key_listing', 'load_into', 'load_model_checkpoint',
     'load_pretrained_backbone', 'local_checkpoint', 'official_classifier_state_dict',
-    'read_checkpoint', 'select_model_weights', 'weights_location'
+    'official_neck_weights', 'read_checkpoint', 'select_model_weights', 'weights_location'
 ]

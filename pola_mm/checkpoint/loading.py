@@ -120,7 +120,8 @@ def load_model_checkpoint(model: nn.Module, path: str,
 
 
 def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[str] = None,
-                             map_location='cpu') -> Dict[str, List[str]]:
+                             map_location='cpu',
+                             weights: Optional[str] = None) -> Dict[str, List[str]]:
     """Load a released (or pola_mm) checkpoint into a Pola backbone and log a report.
 
     The classifier and the buffers rebuilt per input are dropped, the family's converter
@@ -128,7 +129,8 @@ def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[st
     fit (positional tables are resized); only the keys the family declares new
     (``backbone.new_key_prefixes``, e.g. Pola-Swin's output norms ``norm0``-``norm2``) may
     be missing. ``prefix`` (e.g. ``'backbone'``) takes the backbone out of a whole
-    model's checkpoint.
+    model's checkpoint; ``weights`` names the checkpoint entry to take (e.g.
+    ``'state_dict_ema'``; default 'model', else 'state_dict', else the whole dict).
 
     Raises:
         TypeError: ``backbone`` is not a Pola backbone.
@@ -138,9 +140,10 @@ def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[st
     if not hasattr(backbone, 'convert_official_state_dict'):
         raise TypeError(f'expected a Pola backbone, got {type(backbone).__name__}')
     checkpoint = read_checkpoint(path, map_location)
-    state_dict = select_model_weights(checkpoint, path, prefix)
+    state_dict = select_model_weights(checkpoint, path, prefix, weights)
     conversion: Dict[str, List[str]] = dict(dropped=[], converted=[])
-    state_dict = drop_classifier_and_buffers(state_dict, conversion['dropped'])
+    state_dict = drop_classifier_and_buffers(state_dict, conversion['dropped'],
+                                             backbone.classifier_keys)
     converted = backbone.convert_official_state_dict(state_dict, conversion)
     try:
         report = load_into(backbone, converted, backbone.new_key_prefixes)
@@ -148,7 +151,7 @@ def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[st
         raise RuntimeError(f'{path}: {error}') from None
     report.update(conversion)
     print_log(
-        f'Loaded {path} (weights under {describe_location(checkpoint, prefix)}) into '
+        f'Loaded {path} (weights under {describe_location(checkpoint, prefix, weights)}) into '
         f'{type(backbone).__name__}: {len(report["loaded"])} loaded, '
         f'{len(report["converted"])} converted {report["converted"]}, '
         f'{len(report["resized"])} resized {report["resized"]}, '

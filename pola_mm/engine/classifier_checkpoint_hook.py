@@ -1,6 +1,6 @@
 """``pola_mm.OfficialClassifierCheckpointHook``: ``load_from`` takes a released PolaFormer
-ImageNet file as it is."""
-from typing import Mapping
+or PolaFormer++ ImageNet file as it is."""
+from typing import Mapping, Optional
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -18,26 +18,34 @@ def _is_openmmlab_classifier(checkpoint: Mapping) -> bool:
 
 @HOOKS.register_module()
 class OfficialClassifierCheckpointHook(Hook):
-    """Let ``load_from`` take a released PolaFormer ImageNet file as it is.
+    """Let ``load_from`` take a released PolaFormer or PolaFormer++ ImageNet file as it is.
 
     MMEngine reads ``load_from`` into a dict and calls ``after_load_checkpoint`` before
     loading it into the model. A released file (official keys under ``'model'``, under
     ``'state_dict'``, or a bare official state dict) is replaced here by
-    ``{'state_dict': ...}`` in the classifier's layout (``backbone.*``, ``head.fc.*``),
-    after checking that it is of the model's architecture and that every weight of the
-    classifier is there with its shape; the runner then loads it. An OpenMMLab classifier
-    checkpoint (``'state_dict'`` with ``backbone.*`` keys, e.g. from fine-tuning or
-    resuming) passes through.
+    ``{'state_dict': ...}`` in the classifier's layout (``backbone.*``, PolaFormer++'s
+    ``neck.*``, ``head.fc.*``), after checking that it is of the model's architecture and
+    that every weight of the classifier is there with its shape; the runner then loads
+    it. An OpenMMLab classifier checkpoint (``'state_dict'`` with ``backbone.*`` keys,
+    e.g. from fine-tuning or resuming) passes through.
+
+    Args:
+        weights (str, optional): The entry of a released training file to take, e.g.
+            ``'state_dict_ema'`` for its EMA weights. Defaults to ``'model'`` (else
+            ``'state_dict'``, else the whole dict); EMA weights are never taken unasked.
     """
 
     priority = 'VERY_HIGH'
+
+    def __init__(self, weights: Optional[str] = None):
+        self.weights = weights
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if _is_openmmlab_classifier(checkpoint):
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        official = select_model_weights(checkpoint)
         name = str(runner.cfg.get('load_from'))
+        official = select_model_weights(checkpoint, name, weights=self.weights)
         converted = official_classifier_state_dict(official, model.backbone,
                                                    checkpoint_name=name)
         try:

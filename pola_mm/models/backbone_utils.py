@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..checkpoint import load_pretrained_backbone
 
 TRUNC_NORMAL_TABLES = ('pos_embed', 'relative_position_bias_table')
-PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')  # as MMEngine's
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location', 'weights')
 
 
 class PolaBackbone(BaseModule):
@@ -17,6 +17,9 @@ class PolaBackbone(BaseModule):
     ``prefix='backbone'`` from a whole detector's or segmentor's checkpoint and
     ``map_location`` as MMEngine's), the official-name conversion hook, and
     ``frozen_stages``.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=PATH, weights='state_dict_ema')`` takes
+    the EMA weights of a training file instead of its ``'model'`` weights.
 
     ``frozen_stages`` means the same in every family: -1 freezes nothing, 0 the stem
     (:meth:`stem_parts`), k >= 1 the stem and stages 1..k (:meth:`stage_parts`); frozen
@@ -27,6 +30,8 @@ class PolaBackbone(BaseModule):
 
     #: key prefixes of the backbone that released files lack (newly initialised)
     new_key_prefixes: Tuple[str, ...] = ()
+    #: anchored pattern of the released classifiers' keys the backbone has no place for
+    classifier_keys: str = r'^head\.'
 
     def convert_official_state_dict(self, state_dict: Mapping[str, Tensor],
                                     report: Optional[Dict[str, List[str]]] = None
@@ -38,19 +43,22 @@ class PolaBackbone(BaseModule):
         return dict(state_dict)
 
     def init_weights(self):
-        """Official initialisation: truncated normal (std .02) for Linear weights and
-        positional tables, zero biases, LayerNorm 1/0; Pola ``scale``, ``power`` and
-        ``positional_encoding`` stay zero. With a ``Pretrained`` init_cfg, load it."""
-        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            unknown = set(self.init_cfg) - set(PRETRAINED_KEYS)
-            if unknown or 'checkpoint' not in self.init_cfg:
-                raise ValueError(f'malformed Pretrained init_cfg {dict(self.init_cfg)}: it '
-                                 f'takes {PRETRAINED_KEYS}, with checkpoint required')
+        """With a ``Pretrained`` init_cfg, load it (:data:`PRETRAINED_KEYS`, plus
+        ``weights`` to name the checkpoint entry to take, e.g. ``'state_dict_ema'``);
+        otherwise MMEngine's init_cfg handling, then :meth:`official_init`."""
+        if pretrained_init_cfg(self.init_cfg) is not None:
             load_pretrained_backbone(self, self.init_cfg['checkpoint'],
                                      self.init_cfg.get('prefix'),
-                                     self.init_cfg.get('map_location', 'cpu'))
+                                     self.init_cfg.get('map_location', 'cpu'),
+                                     self.init_cfg.get('weights'))
             return
         super().init_weights()
+        self.official_init()
+
+    def official_init(self):
+        """The authors' initialisation: truncated normal (std .02) for Linear weights and
+        positional tables, zero biases, LayerNorm 1/0; Pola ``scale``, ``power`` and
+        ``positional_encoding`` stay zero."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=.02)
@@ -94,6 +102,21 @@ class PolaBackbone(BaseModule):
         super().train(mode)
         self._freeze_stages()
         return self
+
+
+def pretrained_init_cfg(init_cfg: Optional[Mapping]) -> Optional[Mapping]:
+    """``init_cfg`` if it is a ``Pretrained`` one (checked: the keys of
+    :data:`PRETRAINED_KEYS`, ``checkpoint`` required), else None.
+
+    Raises:
+        ValueError: naming the dict and the accepted keys when it is malformed.
+    """
+    if init_cfg is None or init_cfg.get('type') != 'Pretrained':
+        return None
+    if set(init_cfg) - set(PRETRAINED_KEYS) or 'checkpoint' not in init_cfg:
+        raise ValueError(f'malformed Pretrained init_cfg {dict(init_cfg)}: it takes '
+                         f'{PRETRAINED_KEYS}, with checkpoint required')
+    return init_cfg
 
 
 def parse_arch(arch_zoo: Dict[str, Dict], arch: Union[str, Dict], per_stage: Sequence[str],

@@ -1,12 +1,14 @@
 """The backbones of the released models (:data:`pola_mm.variants.RELEASED`) by name."""
 from typing import Dict, Type
 
-from ..variants import PVT, SWIN, released_model
+from ..variants import POLAPP, PVT, SWIN, released_model
 from .backbone_utils import PolaBackbone
 from .pola_pvt import PolaPVT
 from .pola_swin import PolaSwinTransformer
+from .polapp import PolaPP
 
-BACKBONE_TYPES: Dict[str, Type[PolaBackbone]] = {SWIN: PolaSwinTransformer, PVT: PolaPVT}
+BACKBONE_TYPES: Dict[str, Type[PolaBackbone]] = {
+    SWIN: PolaSwinTransformer, PVT: PolaPVT, POLAPP: PolaPP}
 
 
 def released_backbone(name: str, **kwargs) -> PolaBackbone:

@@ -1,5 +1,5 @@
 """Swin's (shifted) window softmax attention, used by Pola-Swin's 'S' stages."""
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +57,12 @@ class ShiftWindowAttention(nn.Module):
     bias of a smaller window uses the matching offsets of the table.
 
     While exporting to ONNX, the window is always ``window_size`` (the graph is exact for
-    maps of at least a window in both sides), the shift is a value computed from the map
-    size, not a branch, and the map gets one more fully padded row and column of windows:
-    torch.export specialises a graph on sizes of 1, and the traced map may be a single
-    window (Pola-Swin's 7x7 last stage at 224). Those windows are masked and cropped, so the
-    results are the same.
+    maps of at least a window in both sides), the shift is a tensor computed from the map
+    size (:meth:`_exported_shift`), not a branch, and the map gets one more fully padded row
+    and column of windows: torch.export specialises a graph on sizes of 1, and the traced
+    map may be a single window (Pola-Swin's 7x7 last stage at 224). Those windows are
+    masked and cropped, so the results are the same. The same code traces with the dynamo
+    exporter (sizes are symbols) and the TorchScript one (sizes are traced 0-d tensors).
 
     Args:
         embed_dims (int): channels C.
@@ -112,13 +113,14 @@ class ShiftWindowAttention(nn.Module):
 
     @staticmethod
     def _mask(padded_hw: Tuple[int, int], hw_shape: Tuple[int, int], window_size: int,
-              shift_size: int, device: torch.device) -> Tensor:
+              shift_size: Union[int, Tensor], device: torch.device) -> Tensor:
         """(nW, w*w, w*w) additive mask separating shift regions and padding.
 
         Labels each row (and each column) of the map shifted by ``s <= H``: its region, 0 to
         2 from the bounds ``P - w`` and ``P - s`` (one region when ``s = 0``), and whether
         it is padding, which the shift moves from ``[H, P)`` to ``[H - s, P - s)``.
-        Comparisons, not slicing, so that ``s`` may be a symbolic value of an export.
+        Comparisons, not slicing, so that ``s`` may be a value of an exported graph (a
+        0-d tensor).
         """
         def labels(padded: int, size: int) -> Tuple[Tensor, Tensor]:
             index = torch.arange(padded, device=device)
@@ -129,9 +131,21 @@ class ShiftWindowAttention(nn.Module):
         cols, padded_cols = labels(padded_hw[1], hw_shape[1])
         padding = padded_rows[:, None] | padded_cols[None, :]
         grid = 3 * rows[:, None] + cols[None, :] + 9 * padding.long()
-        windows = window_partition(grid[None, :, :, None], window_size).squeeze(-1)
+        windows = window_partition(grid[None, :, :, None], window_size)[..., 0]  # (nW, w*w)
         different = windows[:, :, None] != windows[:, None, :]
         return different.float() * MASK_VALUE
+
+    def _exported_shift(self, height: int, width: int, device: torch.device) -> Tensor:
+        """The shift of an exported graph, a 0-d int64 tensor: ``w // 2`` where both sides
+        of the (H, W) map exceed the window ``w``, else 0.
+
+        Tensor operations on the sizes, not a Python branch: the sizes are symbols under
+        torch.export and traced 0-d tensors under the TorchScript exporter, and either way
+        the graph computes the shift for every input size.
+        """
+        sides = [torch.scalar_tensor(side, dtype=torch.long, device=device)
+                 for side in (height, width)]
+        return torch.where(torch.minimum(*sides) > self.window_size, self.window_size // 2, 0)
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         """
@@ -148,8 +162,7 @@ class ShiftWindowAttention(nn.Module):
         if exporting:  # one window size, one more padded row and column of windows, and
             # the shift (w // 2 unless the map fits in a window) a value, not a branch
             window_size, extra = self.window_size, self.window_size
-            shift_size = torch.sym_ite(torch.sym_min(height, width) > window_size,
-                                       self.window_size // 2, 0) if self.shift else 0
+            shift_size = self._exported_shift(height, width, x.device) if self.shift else 0
         else:
             window_size, extra = min(self.window_size, height, width), 0
             shift_size = self.window_size // 2 if self.shift and min(height, width) > \

@@ -188,8 +188,10 @@ def polarity_linear_attention_traceable(q: Tensor, k: Tensor, v: Tensor, power: 
     The lean path runs as custom autograd Functions with per-batch-item products, and its
     ``sign(x) |x|^p`` is a ``copysign``, which has no ONNX operator; here the products are
     4-D ``matmul`` and the signed power is ``|x|^p * sign(x)`` (the same value: both vanish
-    at 0). Same arguments and result as :func:`polarity_linear_attention`, computed in
-    float32.
+    at 0). Every operation exports to ONNX opset 11, which MMDeploy's configs use with the
+    TorchScript exporter: the split of the d output channels between the two streams is a
+    ``reshape`` (that exporter needs opset 13 for ``unflatten``). Same arguments and result
+    as :func:`polarity_linear_attention`, computed in float32.
     """
     check_polarity_inputs(q, k, v, power, scale)
     power = power.float()
@@ -208,6 +210,6 @@ def polarity_linear_attention_traceable(q: Tensor, k: Tensor, v: Tensor, power: 
     queries = signed_power(q)
     mixed = queries.clamp(min=0) @ top + queries.neg().clamp(min=0) @ bottom  # (B,h,N,d+2)
     dims = q.shape[-1]
-    out = mixed[..., :dims].unflatten(-1, (2, dims // 2)) / (
-        mixed[..., dims:] + eps).unsqueeze(-1)
+    streams = mixed[..., :dims].reshape(*mixed.shape[:-1], 2, dims // 2)  # (B,h,N,2,d/2)
+    out = streams / (mixed[..., dims:] + eps).unsqueeze(-1)
     return out.flatten(-2).to(q.dtype)

@@ -14,6 +14,9 @@ peak memory of a training step of
   (``ShiftWindowMSA``, plain and shifted) and PVT-T spatial-reduction attention
   (``SpatialReductionAttention``, sr 8), all on the same stage-1 token grid;
 * whole backbones: Pola-Swin-T, mmdet Swin-T, Pola-PVT-T, mmdet PVT-T;
+* PolaFormer++ b2: its stage-1 linear-attention layer (C 64, 1 head, d 64) with the plain
+  form of the authors' core (``attn_impl='reference'``) and the lean one, and the whole
+  PolaPP-b2 backbone next to mmdet's PVTv2-b2 and Swin-T;
 
 at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmentation size
 (512 x 512) and half the detection size per side (400 x 672, so that the detection size has
@@ -62,13 +65,15 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pola_mm.models import (PolaLinearAttention, PolaPVT, PolaSwinTransformer,  # noqa: E402
-                            ShiftWindowAttention)
+from pola_mm.models import (PolaLinearAttention, PolaPP, PolaPPLinearAttention,  # noqa: E402
+                            PolaPVT, PolaSwinTransformer, ShiftWindowAttention)
 from pola_mm.ops.pola_reference import plain_polarity_attention  # noqa: E402
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch  # noqa: E402
+from pola_mm.ops.rope import RotaryTable  # noqa: E402
 
 try:  # mmdet's softmax baselines; a GPU box without a compiled mmcv still benchmarks Pola
-    from mmdet.models.backbones.pvt import PyramidVisionTransformer, SpatialReductionAttention
+    from mmdet.models.backbones.pvt import (PyramidVisionTransformer, PyramidVisionTransformerV2,
+                                            SpatialReductionAttention)
     from mmdet.models.backbones.swin import ShiftWindowMSA, SwinTransformer
     MMDET_ERROR = None
 except ImportError as error:
@@ -255,6 +260,13 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
         def pvt_pola(impl='torch'):
             return lambda: PolaLinearAttention(64, 1, (56, 56), 'qg_kv', attn_impl=impl)
 
+        def polapp_layer(impl, grid=grid):
+            def build():
+                x = torch.randn(batch, 64, *grid, device=device, requires_grad=True)
+                tables = tuple(t.to(device) for t in RotaryTable(128)(grid))
+                return PolaPPLinearAttention(64, 1, attn_impl=impl), lambda m: m(x, tables)
+            return build
+
         def image_backbone(make, height=height, width=width):
             def build():
                 x = torch.randn(batch, 3, height, width, device=device)
@@ -302,6 +314,19 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
         for core_name, impl in impls.items():
             cases.append(Case(f'PolaPVT ({core_name} core)', group, image_backbone(
                 lambda impl=impl: PolaPVT('tiny', drop_path_rate=0., attn_impl=impl))))
+
+        group = f'{tag} stage-1 attention polapp-b2'
+        cases.append(Case('polapp (plain core)', group, polapp_layer('reference')))
+        cases.append(Case('polapp (lean core)', group, polapp_layer('torch')))
+        group = f'{tag} backbone polapp-b2'
+        if MMDET_ERROR is None:
+            cases.append(Case('mmdet PVTv2-b2', group, image_backbone(
+                lambda: PyramidVisionTransformerV2(embed_dims=64, num_layers=[3, 4, 6, 3],
+                                                   drop_path_rate=0.))))
+            cases.append(Case('mmdet SwinTransformer', group, image_backbone(
+                lambda: SwinTransformer(drop_path_rate=0.))))
+        cases.append(Case('PolaPP-b2 (lean core)', group, image_backbone(
+            lambda: PolaPP('b2', drop_path_rate=0.))))
     return cases
 
 

@@ -10,11 +10,17 @@ What the graph computes depends on the config's ``default_scope`` and ``--part``
   post-processing are left to MMDetection / MMDeploy.
 
 Inputs are normalised images (``model.data_preprocessor``'s mean, std and channel order,
-recorded in the file's metadata). The export uses ``torch.onnx.export(dynamo=True)``,
-torch 2.14's default exporter (the TorchScript-based one is deprecated): ``torch.export``
-traces sizes as symbols, so padding and positional-encoding resizing stay in the graph.
-Opset 20, that exporter's default. The trace uses a batch of 2: torch.export specialises
-a graph on sizes of 1.
+recorded in the file's metadata). ``--exporter`` chooses PyTorch's exporter:
+
+* ``dynamo`` (default): ``torch.onnx.export(dynamo=True)``, torch 2.14's default;
+  ``torch.export`` traces sizes as symbols.
+* ``torchscript``: ``torch.onnx.export(dynamo=False)``, the TorchScript-based exporter
+  (deprecated in torch) that MMDeploy and TensorRT workflows call; the trace records
+  sizes as tensors. Opsets 11 to 20.
+
+Either way padding, window shifts and positional-encoding resizing stay in the graph.
+Opset 20 unless ``--opset`` says otherwise. The trace uses a batch of 2: torch.export
+specialises a graph on sizes of 1.
 The exported file then runs in onnxruntime at each ``--check-shape`` (batch 1), and the
 largest relative difference to PyTorch, ``max |onnx - torch| / max |torch|`` per output,
 is printed; above ``--tolerance`` the tool fails.
@@ -26,6 +32,7 @@ Example::
 """
 import argparse
 import importlib.util
+import io
 import os.path as osp
 from typing import Dict, List, Sequence, Tuple
 
@@ -43,6 +50,7 @@ from pola_mm.checkpoint import load_model_checkpoint
 from pola_mm.models import PolaSwinTransformer, ShiftWindowAttention
 
 OPSET = 20  # torch.onnx.export's default opset in torch 2.14
+EXPORTERS = ('dynamo', 'torchscript')  # torch.onnx.export(dynamo=True / False)
 TRACE_BATCH = 2  # torch.export specialises sizes of 1, so the trace never uses them
 IMAGE_CHANNELS = 3
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
@@ -64,7 +72,13 @@ def parse_args(argv=None):
                         metavar=('HEIGHT', 'WIDTH'), dest='check_shapes',
                         help='image size onnxruntime is compared with PyTorch at; repeat it '
                         '(default: the trace size and 320 x 480)')
-    parser.add_argument('--opset', type=int, default=OPSET, help='ONNX opset version')
+    parser.add_argument('--exporter', choices=EXPORTERS, default=EXPORTERS[0],
+                        help="'dynamo' (default): torch.onnx.export(dynamo=True), torch's default; "
+                        "'torchscript': torch.onnx.export(dynamo=False), the deprecated "
+                        'TorchScript-based exporter that MMDeploy / TensorRT workflows use '
+                        '(opsets 11 to 20)')
+    parser.add_argument('--opset', type=int, default=OPSET,
+                        help=f'ONNX opset version (default {OPSET})')
     parser.add_argument('--tolerance', type=float, default=1e-4,
                         help='largest accepted relative difference to PyTorch')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -243,30 +257,40 @@ def check_sizes(module: nn.Module, shapes: Sequence[Sequence[int]]) -> None:
 
 
 def export_onnx(module: nn.Module, out: str, shape: Sequence[int], opset: int = OPSET,
-                metadata: Dict[str, str] = None) -> List[str]:
-    """Export ``module`` (normalised (B, 3, H, W) images in) to ``out``; returns the
-    output names.
+                metadata: Dict[str, str] = None, exporter: str = EXPORTERS[0]) -> List[str]:
+    """Export ``module`` (normalised (B, 3, H, W) images in) to ``out`` with ``exporter``
+    (one of :data:`EXPORTERS`); returns the output names.
 
-    Batch, height and width are dynamic (``torch.onnx.export(dynamo=True)``); the trace
-    runs at ``shape`` with a batch of :data:`TRACE_BATCH`.
+    Batch, height and width are dynamic (``dynamic_shapes`` of the dynamo exporter,
+    ``dynamic_axes`` of the TorchScript one); the trace runs at ``shape`` with a batch of
+    :data:`TRACE_BATCH`. ``metadata`` goes to the file's ``metadata_props``.
     """
+    if exporter not in EXPORTERS:
+        raise ValueError(f'exporter must be one of {EXPORTERS}, got {exporter!r}')
     check_deploy_packages()
     check_sizes(module, [shape])
     module.eval()
     example = torch.randn(TRACE_BATCH, IMAGE_CHANNELS, *shape)
     names = list(getattr(module, 'output_names', None)
                  or [f'feat{i}' for i in range(len(_outputs(module, example)))])
-    program = torch.onnx.export(
-        module, (example, ),
-        dynamo=True,
-        opset_version=opset,
-        input_names=['image'],
-        output_names=names,
-        dynamic_shapes=({0: 'batch', 2: 'height', 3: 'width'}, ),
-        verbose=False)
-    program.model.metadata_props.update(metadata or {})
+    dims = {0: 'batch', 2: 'height', 3: 'width'}
     mkdir_or_exist(osp.dirname(osp.abspath(out)))
-    program.save(out)
+    if exporter == 'dynamo':
+        program = torch.onnx.export(module, (example, ), dynamo=True, opset_version=opset,
+                                    input_names=['image'], output_names=names,
+                                    dynamic_shapes=(dims, ), verbose=False)
+        program.model.metadata_props.update(metadata or {})
+        program.save(out)
+        return names
+    import onnx
+    graph = io.BytesIO()
+    with torch.no_grad():  # the inference forward: no autograd Function in the trace
+        torch.onnx.export(module, (example, ), graph, dynamo=False, opset_version=opset,
+                          input_names=['image'], output_names=names,
+                          dynamic_axes=dict(image=dims))
+    model = onnx.load_from_string(graph.getvalue())
+    onnx.helper.set_model_props(model, metadata or {})
+    onnx.save(model, out)
     return names
 
 
@@ -315,9 +339,9 @@ def main(argv=None):
     check_sizes(module, [args.shape, *check_shapes])
     metadata = dict(config=osp.basename(args.config), part=args.part,
                     **preprocessing_metadata(cfg))
-    names = export_onnx(module, out, args.shape, args.opset, metadata)
+    names = export_onnx(module, out, args.shape, args.opset, metadata, args.exporter)
     print(f'Exported the {args.part} of {args.config} ({cfg.default_scope}) to {out}: '
-          f'dynamo exporter, opset {args.opset}, dynamic batch/height/width, '
+          f'{args.exporter} exporter, opset {args.opset}, dynamic batch/height/width, '
           f'traced at {TRACE_BATCH}x{IMAGE_CHANNELS}x{args.shape[0]}x{args.shape[1]}')
     results = compare_with_onnxruntime(module, out, check_shapes)
     print('onnxruntime vs PyTorch, max |onnx - torch| / max |torch| per output:')

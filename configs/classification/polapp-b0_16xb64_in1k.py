@@ -1,0 +1,13 @@
+# PolaFormer++ b0: ImageNet-1k evaluation of the released weights (224x224).
+# Official README ImageNet-1k top-1: 76.9.
+#   python tools/test.py configs/classification/polapp-b0_16xb64_in1k.py checkpoints/polapp_b0.pth
+_base_ = ['./_base_/models/polapp.py', './_base_/imagenet_eval_224_square.py']
+
+model = dict(
+    backbone=dict(
+        arch='b0',
+        drop_path_rate=0.1),
+    neck=dict(in_channels=384, out_channels=2048),
+    head=dict(in_channels=2048))
+
+load_from = 'checkpoints/polapp_b0.pth'

@@ -1,0 +1,13 @@
+# SegNeXt's LightHamHead on a PolaFormer++ b3 (PolaPP-b3) backbone on ADE20K, as in the
+# authors' downstream/segmentation configs/PolaPP/polapp_b3.py: 512x512 crops, 160k
+# iterations, batch 64 (8 GPUs x 8), AdamW lr 6e-5, fp32. The authors publish no ADE20K
+# numbers.
+#   bash tools/dist_train.sh configs/segmentation/lightham_polapp-b3_8xb8-160k_ade20k-512x512.py 8
+# The backbone starts from the ImageNet weights at checkpoints/polapp_b3.pth, with its
+# BN statistics frozen (norm_eval=True, as the authors), and gives stages 1-3
+# (128, 320, 512 channels) to the head, which reads no other: ../_base_/polapp_backbones.py.
+_base_ = ['./_base_/lightham_polapp_ade20k.py', '../_base_/polapp_backbones.py']
+
+model = dict(
+    backbone={{_base_.polapp_b3_stages123}},
+    decode_head=dict(in_channels={{_base_.polapp_b3_stages123_channels}}))
