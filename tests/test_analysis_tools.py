@@ -24,21 +24,25 @@ def test_benchmark_quick_prints_side_by_side_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     for group in ('core swin-t', 'stage-1 attention swin-t', 'stage-1 attention pvt-t',
-                  'backbone swin-t', 'backbone pvt-t'):
+                  'backbone swin-t', 'backbone pvt-t', 'stage-1 attention polapp-b2',
+                  'backbone polapp-b2'):
         assert group in out
     for case in ('core plain', 'core lean', 'mmdet ShiftWindowMSA w7', 'mmdet SRA sr8',
                  'pola_mm softmax window w7 shift 3', 'pola (lean core)', 'pola (plain core)',
                  'mmdet SwinTransformer', 'PolaSwinTransformer (lean core)', 'mmdet PVT-T',
-                 'PolaPVT (lean core)'):
+                 'PolaPVT (lean core)', 'polapp (plain core)', 'polapp (lean core)',
+                 'mmdet PVTv2-b2', 'PolaPP-b2 (lean core)'):
         assert f'| {case} |' in out, case
     assert 'fwd+bwd det / half-det (4x pixels)' in out
-    # every non-baseline row gives the range of its per-round ratios, low-high
+    # a group's first row is its baseline; every other row gives the range of its
+    # per-round ratios, low-high
     rows = [line.split(' | ') for line in out.splitlines() if line.startswith('| det ')]
     assert rows and all(len(row) == 8 for row in rows)
+    groups = set()
     for row in rows:
-        if row[1] in ('core plain', 'mmdet ShiftWindowMSA w7', 'mmdet SRA sr8',
-                      'mmdet SwinTransformer', 'mmdet PVT-T'):
-            assert row[5] == '', row  # the group's baseline
+        if row[0] not in groups:
+            groups.add(row[0])
+            assert row[5] == '', row
         else:
             low, high = map(float, row[5].split('-'))
             assert 0 < low <= high, row
