@@ -12,15 +12,16 @@ the rotation in the numerator only, as the authors compute it.
 
 The plain form (:func:`pola_mm.ops.plain_polapp_linear_attention`) rotates every 2d-wide
 map (two gathers and three products each) and keeps about twenty such maps for backward.
-Here the rotation never touches a wide map: because both channels of a pair share their
-phase, ``R(F) @ M = [F * cos | F * sin] @ [M; P M]`` and
-``R(K)^T V = top - P bottom`` with ``[top; bottom] = [K * cos | K * sin]^T V``, where ``P``
-turns the rows of a small (2d, *) matrix pairwise (:func:`_turn_rows`). The opp stream's
-half swap moves onto its small operands (:func:`_streams`), so both streams read one
-``[relu(q) | relu(-q)]``. The autograd Function keeps only its inputs, the small matrices,
-the output and its normalisers, and recomputes the feature maps in backward, whose
-gradients are written out below. Everything runs in float32 with autocast off (``exp`` of
-untempered keys overflows fp16 from 11.1 on); the result is cast back to the input dtype.
+Here the pair turn (a gather) never touches a wide map: both channels of a pair share
+their phase, so ``R(F) @ M = (F * cos) @ M + (F * sin) @ (P M)`` and
+``R(K)^T V = (K * cos)^T V - P (K * sin)^T V``, where ``P`` turns the rows of a small
+(2d, *) matrix pairwise (:func:`_turn_rows`); the two products go through one reused
+buffer. The opp stream's half swap moves onto its operands without a batch dimension
+(:func:`_streams`), so both streams read one ``[relu(q) | relu(-q)]``. The autograd
+Function keeps only its inputs, the small matrices, the output and its normalisers, and
+recomputes the feature maps in backward, whose gradients are written out below.
+Everything runs in float32 with autocast off (``exp`` of untempered keys overflows fp16
+from 11.1 on); the result is cast back to the input dtype.
 """
 from typing import Tuple
 
@@ -78,27 +79,27 @@ def _turn_rows(m: Tensor) -> Tensor:
     return torch.stack([pairs[..., 1, :], -pairs[..., 0, :]], dim=-2).flatten(-3, -2)
 
 
-def _with_turned(m: Tensor) -> Tensor:
-    """(..., 2d, c) -> (..., 4d, c) ``[m; P m]``, so that ``R(F) @ m`` is
-    ``_rotary_inputs(F) @ _with_turned(m)``."""
-    return torch.cat([m, _turn_rows(m)], dim=-2)
+def _rotated_left(feats: Tensor, cos: Tensor, sin: Tensor, m: Tensor,
+                  buffer: Tensor) -> Tensor:
+    """``R(F) @ m = (F * cos) @ m + (F * sin) @ P m``: (B, h, N, 2d) features and
+    (B, h, 2d, c) -> (B, h, N, c); ``buffer`` (F's shape) holds the products in turn."""
+    out = torch.matmul(torch.mul(feats, cos, out=buffer), m)
+    return out.add_(torch.matmul(torch.mul(feats, sin, out=buffer), _turn_rows(m)))
 
 
-def _rotary_inputs(feats: Tensor, tables: Tensor) -> Tensor:
-    """``[F * cos | F * sin]``: (B, h, N, 2d) and (N, 2, 2d) tables -> (B, h, N, 4d)."""
-    return (feats.unsqueeze(-2) * tables).flatten(-2)
+def _rotated_transposed(feats: Tensor, cos: Tensor, sin: Tensor, m: Tensor,
+                        buffer: Tensor) -> Tensor:
+    """``R(F)^T @ m = (F * cos)^T m - P (F * sin)^T m`` (P^T = -P): m (B, h, N, c) ->
+    (B, h, 2d, c); ``buffer`` as in :func:`_rotated_left`."""
+    top = torch.matmul(torch.mul(feats, cos, out=buffer).transpose(-2, -1), m)
+    return top.sub_(_turn_rows(
+        torch.matmul(torch.mul(feats, sin, out=buffer).transpose(-2, -1), m)))
 
 
-def _rotated_transposed(rotary: Tensor, m: Tensor) -> Tensor:
-    """``R(F)^T @ m`` from ``_rotary_inputs(F)`` (B, h, N, 4d) and m (B, h, N, c)."""
-    stacked = torch.matmul(rotary.transpose(-2, -1), m)  # [(F cos)^T m; (F sin)^T m]
-    top, bottom = stacked.chunk(2, dim=-2)
-    return top.sub_(_turn_rows(bottom))  # P^T = -P
-
-
-def _to_features(grad_rotary: Tensor, tables: Tensor) -> Tensor:
-    """Gradient (B, h, N, 4d) to ``_rotary_inputs(F)`` -> gradient (B, h, N, 2d) to F."""
-    return (grad_rotary.unflatten(-1, (2, -1)) * tables).sum(dim=-2)
+def _rotated_left_grad(grad: Tensor, cos: Tensor, sin: Tensor, m: Tensor) -> Tensor:
+    """Gradient (B, h, N, 2d) to F of ``R(F) @ m`` given its gradient (B, h, N, c)."""
+    out = torch.matmul(grad, m.transpose(-2, -1)).mul_(cos)
+    return out.addcmul_(torch.matmul(grad, _turn_rows(m).transpose(-2, -1)), sin)
 
 
 def _swap_halves(x: Tensor, dim: int = -1) -> Tensor:
@@ -106,12 +107,13 @@ def _swap_halves(x: Tensor, dim: int = -1) -> Tensor:
     return torch.cat([second, first], dim=dim)
 
 
-def _streams(raw: Tensor, s1: Tensor, s2: Tensor, tables: Tensor):
-    """Per stream: (index, scale, tables, swapped). The opp features
+def _streams(s1: Tensor, s2: Tensor, cos: Tensor, sin: Tensor):
+    """Per stream: (index, scale, cos, sin, swapped). The opp features
     ``exp(swap(raw) * s2) - 1`` are ``swap(exp(raw * swap(s2)) - 1)``; the swap moves to
-    the small operands (its scale, tables, value rows and key mean), never to ``raw``."""
-    yield 0, s1, tables, False
-    yield 1, _swap_halves(s2), _swap_halves(tables), True
+    the operands without a batch (its scale, tables, value rows and key mean), never to
+    ``raw``."""
+    yield 0, s1, cos, sin, False
+    yield 1, _swap_halves(s2), _swap_halves(cos), _swap_halves(sin), True
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor, cos: Tensor,
@@ -119,22 +121,20 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor, cos: Tenso
     """``(out (B, h, N, d), normalisers (B, h, N, 2), R(K)^T v / n, mean K)`` in the
     inputs' :func:`compute_dtype` (q, k, s1, s2 and the tables already in it)."""
     tokens, half = k.shape[-2], v.shape[-1] // 2
-    tables = torch.stack([cos, sin], dim=-2)  # (N, 2, 2d)
     keys = polar_features(k, False).expm1_()
+    buffer = torch.empty_like(keys)
     key_mean = keys.mean(dim=-2, keepdim=True)  # (B, h, 1, 2d)
-    kv = _rotated_transposed(_rotary_inputs(keys, tables), v.to(keys.dtype)).div_(tokens)
+    kv = _rotated_transposed(keys, cos, sin, v.to(keys.dtype), buffer).div_(tokens)
+    raw, feats = polar_features(q, False), keys  # [relu(q) | relu(-q)]; reuse the memory
     del keys
-    raw = polar_features(q, False)  # [relu(q) | relu(-q)]
     outs, norms = [], []
-    for stream, scale, stream_tables, swapped in _streams(raw, s1, s2, tables):
+    for stream, scale, stream_cos, stream_sin, swapped in _streams(s1, s2, cos, sin):
         kv_t, mean_t = kv[..., stream * half:(stream + 1) * half], key_mean
         if swapped:
             kv_t, mean_t = _swap_halves(kv_t, -2), _swap_halves(mean_t)
-        feats = (raw * scale).expm1_()
+        torch.mul(raw, scale, out=feats).expm1_()
         norm = torch.matmul(feats, mean_t.transpose(-2, -1)).add_(eps)  # (B, h, N, 1)
-        rotary = _rotary_inputs(feats, stream_tables)
-        del feats
-        outs.append(torch.matmul(rotary, _with_turned(kv_t)).div_(norm))
+        outs.append(_rotated_left(feats, stream_cos, stream_sin, kv_t, buffer).div_(norm))
         norms.append(norm)
     return torch.cat(outs, dim=-1), torch.cat(norms, dim=-1), kv, key_mean
 
@@ -165,11 +165,10 @@ class _PolaPPLinearCore(torch.autograd.Function):
         dtype = compute_dtype(q)
         q, k, v, grad_out = (t.to(dtype) for t in (q, k, v, grad_out))
         tokens, half = k.shape[-2], v.shape[-1] // 2
-        tables = torch.stack([cos, sin], dim=-2)
         grad_kv, grad_key_mean, grad_scales = torch.empty_like(kv), torch.zeros_like(key_mean), []
         raw = polar_features(q, False)
-        grad_raw = None
-        for stream, scale, stream_tables, swapped in _streams(raw, s1, s2, tables):
+        feats, buffer, grad_raw = torch.empty_like(raw), torch.empty_like(raw), None
+        for stream, scale, stream_cos, stream_sin, swapped in _streams(s1, s2, cos, sin):
             part = slice(stream * half, (stream + 1) * half)
             grad_t, out_t, kv_t, mean_t = grad_out[..., part], out[..., part], kv[..., part], \
                 key_mean
@@ -178,15 +177,13 @@ class _PolaPPLinearCore(torch.autograd.Function):
             inv_norm = norms[..., stream:stream + 1].reciprocal()
             grad_num = grad_t * inv_norm  # (B, h, N, d/2)
             grad_norm = (grad_t * out_t).sum(dim=-1, keepdim=True).mul_(inv_norm).neg_()
-            feats = (raw * scale).expm1_()
-            grad_kv_t = _rotated_transposed(_rotary_inputs(feats, stream_tables), grad_num)
+            torch.mul(raw, scale, out=feats).expm1_()
+            grad_kv_t = _rotated_transposed(feats, stream_cos, stream_sin, grad_num, buffer)
             grad_mean_t = torch.matmul(grad_norm.transpose(-2, -1), feats)
             # d(features): rotated numerator + normaliser, then through exp(raw * scale).
-            grad_feats = _to_features(
-                torch.matmul(grad_num, _with_turned(kv_t).transpose(-2, -1)), stream_tables)
-            grad_exp = grad_feats.addcmul_(grad_norm, mean_t).mul_(feats.add_(1))
-            del feats, grad_feats
-            grad_scale = (grad_exp * raw).sum(dim=(0, 2), keepdim=True)
+            grad_exp = _rotated_left_grad(grad_num, stream_cos, stream_sin, kv_t)
+            grad_exp.addcmul_(grad_norm, mean_t).mul_(feats.add_(1))
+            grad_scale = torch.mul(grad_exp, raw, out=buffer).sum(dim=(0, 2), keepdim=True)
             grad_exp = grad_exp.mul_(scale)
             grad_raw = grad_exp if grad_raw is None else grad_raw.add_(grad_exp)
             del grad_exp
@@ -199,12 +196,12 @@ class _PolaPPLinearCore(torch.autograd.Function):
         grad_q = _polar_backward(grad_raw, q)
         del raw, grad_raw
         keys = polar_features(k, False).expm1_()
-        # kv = R(K)^T v / n = (top - P bottom) / n with [top; bottom] = rotary(K)^T v
-        grad_stacked = _with_turned(grad_kv.div_(tokens))
-        rotary = _rotary_inputs(keys, tables)
-        grad_v = torch.matmul(rotary, grad_stacked)
-        del rotary
-        grad_keys = _to_features(torch.matmul(v, grad_stacked.transpose(-2, -1)), tables)
+        # kv = R(K)^T v / n: the gradient to R(K) is v @ (grad_kv / n)^T, as for R(K) @ m
+        # with m = grad_kv / n and upstream v
+        grad_kv.div_(tokens)
+        grad_v = _rotated_left(keys, cos, sin, grad_kv, buffer)
+        del buffer
+        grad_keys = _rotated_left_grad(v, cos, sin, grad_kv)
         grad_keys.add_(grad_key_mean / tokens).mul_(keys.add_(1))
         grad_k = _polar_backward(grad_keys, k)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
