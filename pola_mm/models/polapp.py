@@ -6,7 +6,6 @@ from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops.polapp_linear import check_polapp_attention_impl
 from ..registry import register_backbone
 from ..variants import ARCHS, POLAPP, RELEASED
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
@@ -106,7 +105,6 @@ class PolaPP(PolaBackbone):
         self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
         self.norm_eval = norm_eval
         self.out_norms = out_norms
-        check_polapp_attention_impl(attn_impl)
         norm_cfg = dict(type='BN', requires_grad=True) if norm_cfg is None else norm_cfg
 
         dims = arch['embed_dims']
