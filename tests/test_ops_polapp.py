@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pola_mm.ops import plain_polapp_linear_attention, polapp_linear_attention
-from pola_mm.ops.rope import RotaryTable, apply_rope, rope_angles
+from pola_mm.ops.rope import AxisTables, RotaryTable, apply_rope, expand_axes, rope_angles
 
 
 def inputs(batch, heads, hw, dims, dtype=torch.float32, seed=0, key_scale=1.):
@@ -17,68 +17,111 @@ def inputs(batch, heads, hw, dims, dtype=torch.float32, seed=0, key_scale=1.):
     q, k, v = randn(batch, heads, tokens, dims), randn(batch, heads, tokens, dims) * key_scale, \
         randn(batch, heads, tokens, dims)
     s1, s2 = (torch.sigmoid(randn(1, heads, 1, 2 * dims)) for _ in range(2))
-    cos, sin = (t.to(dtype) for t in RotaryTable(2 * dims)(hw))
-    return q, k, v, s1, s2, cos, sin
+    return q, k, v, s1, s2, RotaryTable(2 * dims).axes(hw).to(dtype)
+
+
+def plain(q, k, v, s1, s2, axes):
+    return plain_polapp_linear_attention(q, k, v, s1, s2, *expand_axes(axes))
 
 
 def relative(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def interleaved(*tensors):
+    """(B, h, N, d) tensors as the layer hands them over: head views of (B, N, h * d)."""
+    return [t.transpose(1, 2).contiguous().transpose(1, 2) for t in tensors]
+
+
 @pytest.mark.parametrize('batch, heads, hw, dims', [
     (2, 1, (7, 9), 32), (1, 2, (5, 11), 64), (2, 2, (6, 4), 96), (1, 1, (2, 3), 4)])
 @pytest.mark.parametrize('dtype, tolerance', [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize('heads_interleaved', [False, True])
 def test_lean_core_matches_the_plain_form_with_gradients(batch, heads, hw, dims, dtype,
-                                                         tolerance):
-    args = [t.requires_grad_() for t in inputs(batch, heads, hw, dims, dtype)]
-    q, k, v, s1, s2, cos, sin = args
-    lean = polapp_linear_attention(q, k, v, s1, s2, cos, sin)
-    plain = plain_polapp_linear_attention(q, k, v, s1, s2, cos, sin)
+                                                         tolerance, heads_interleaved):
+    q, k, v, s1, s2, axes = inputs(batch, heads, hw, dims, dtype)
+    if heads_interleaved:
+        q, k, v = interleaved(q, k, v)
+    q, k, v, s1, s2 = (t.requires_grad_() for t in (q, k, v, s1, s2))
+    lean = polapp_linear_attention(q, k, v, s1, s2, axes)
+    reference = plain(q, k, v, s1, s2, axes)
     assert lean.dtype == dtype and lean.shape == q.shape
-    assert relative(lean, plain) < tolerance
-    upstream = torch.randn_like(plain)
+    assert relative(lean, reference) < tolerance
+    upstream = torch.randn_like(reference)
     for name, g_lean, g_plain in zip('q k v s1 s2'.split(),
                                      torch.autograd.grad(lean, (q, k, v, s1, s2), upstream),
-                                     torch.autograd.grad(plain, (q, k, v, s1, s2), upstream)):
-        assert relative(g_lean, g_plain) < tolerance, name
+                                     torch.autograd.grad(reference, (q, k, v, s1, s2),
+                                                         upstream)):
+        assert g_lean.shape == g_plain.shape and relative(g_lean, g_plain) < tolerance, name
+
+
+def test_lean_core_output_merges_heads_without_a_copy():
+    q, k, v, s1, s2, axes = inputs(2, 3, (4, 5), 8)
+    out = polapp_linear_attention(*interleaved(q, k, v), s1, s2, axes)
+    assert out.transpose(1, 2).is_contiguous()  # laid out as (B, N, h, d)
+
+
+def test_reference_impl_is_the_plain_form():
+    args = inputs(1, 2, (3, 5), 8, torch.float64)
+    torch.testing.assert_close(polapp_linear_attention(*args, impl='reference'), plain(*args),
+                               rtol=0, atol=0)
 
 
 def test_shared_temperatures_get_summed_gradients():
-    q, k, v, s1, s2, cos, sin = inputs(1, 2, (4, 5), 8, torch.float64)
+    q, k, v, s1, s2, axes = inputs(1, 2, (4, 5), 8, torch.float64)
     s1, s2 = (s[:, :1].clone().requires_grad_() for s in (s1, s2))  # one for both heads
-    lean = polapp_linear_attention(q, k, v, s1, s2, cos, sin)
-    plain = plain_polapp_linear_attention(q, k, v, s1, s2, cos, sin)
+    lean = polapp_linear_attention(q, k, v, s1, s2, axes)
+    reference = plain(q, k, v, s1, s2, axes)
     for g_lean, g_plain in zip(torch.autograd.grad(lean.sum(), (s1, s2)),
-                               torch.autograd.grad(plain.sum(), (s1, s2))):
+                               torch.autograd.grad(reference.sum(), (s1, s2))):
         assert g_lean.shape == (1, 1, 1, 16) and relative(g_lean, g_plain) < 1e-12
 
 
 def test_half_inputs_run_in_float32():
     """Keys above 11.1 overflow exp in fp16; the core computes in float32 and returns the
-    input dtype, equal to the float32 computation on the same (rounded) inputs."""
-    args = inputs(2, 1, (6, 7), 32, torch.float16, key_scale=8.)
-    assert args[1].abs().max() > 12
-    out = polapp_linear_attention(*args)
-    reference = plain_polapp_linear_attention(*(t.float() for t in args))
+    input dtype, equal to the float32 computation on the same (rounded) inputs, gradients
+    included."""
+    q, k, v, s1, s2, axes = inputs(2, 1, (6, 7), 32, torch.float16, key_scale=8.)
+    assert k.abs().max() > 12
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    out = polapp_linear_attention(q, k, v, s1, s2, axes)
+    floats = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    reference = plain(*floats, s1.float(), s2.float(), axes.to(torch.float32))
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     assert relative(out.float(), reference) < 2e-3
-    naive = plain_polapp_linear_attention(*args)  # the plain form in fp16 overflows
+    upstream = torch.randn_like(reference)
+    for g_half, g_float in zip(torch.autograd.grad(out, (q, k, v), upstream.half()),
+                               torch.autograd.grad(reference, floats, upstream)):
+        assert g_half.dtype == torch.float16 and torch.isfinite(g_half).all()
+        assert relative(g_half.float(), g_float) < 5e-3
+    naive = plain(q.detach(), k.detach(), v.detach(), s1, s2, axes)  # overflows in fp16
     assert not torch.isfinite(naive).all()
 
 
 def test_bad_inputs_are_named():
-    q, k, v, s1, s2, cos, sin = inputs(1, 2, (3, 4), 8)
+    q, k, v, s1, s2, axes = inputs(1, 2, (3, 4), 8)
     with pytest.raises(ValueError, match='one .* shape'):
-        polapp_linear_attention(q, k[:, :, :5], v, s1, s2, cos, sin)
+        polapp_linear_attention(q, k[:, :, :5], v, s1, s2, axes)
     with pytest.raises(ValueError, match='divisible by 4'):
         polapp_linear_attention(q[..., :6], k[..., :6], v[..., :6], s1[..., :12],
-                                s2[..., :12], cos[:, :12], sin[:, :12])
+                                s2[..., :12], AxisTables(*(t[:, :6] for t in axes)))
     with pytest.raises(ValueError, match='s2 must broadcast'):
-        polapp_linear_attention(q, k, v, s1, s2[..., :8], cos, sin)
-    with pytest.raises(ValueError, match='rotary table cos'):
-        polapp_linear_attention(q, k, v, s1, s2, cos[:5], sin)
+        polapp_linear_attention(q, k, v, s1, s2[..., :8], axes)
+    with pytest.raises(ValueError, match='rotary table row_cos must be'):
+        polapp_linear_attention(q, k, v, s1, s2, axes._replace(row_cos=axes.row_cos[:, :4]))
+    with pytest.raises(ValueError, match='2x5 grid do not fit 12'):
+        polapp_linear_attention(q, k, v, s1, s2, RotaryTable(16).axes((2, 5)))
     with pytest.raises(ValueError, match='attn_impl'):
-        polapp_linear_attention(q, k, v, s1, s2, cos, sin, impl='triton')
+        polapp_linear_attention(q, k, v, s1, s2, axes, impl='triton')
+
+
+def test_axis_tables_expand_to_the_token_tables():
+    axes = RotaryTable(16).axes((3, 5))
+    assert [tuple(t.shape) for t in axes] == [(3, 8), (3, 8), (5, 8), (5, 8)]
+    cos, sin = RotaryTable(16)((3, 5))
+    assert torch.equal((cos, sin)[0], expand_axes(axes)[0])
+    token = 2 * 5 + 3  # row 2, column 3
+    assert torch.equal(sin[token], torch.cat([axes.row_sin[2], axes.col_sin[3]]))
 
 
 def test_rotary_frequencies_and_layout():
@@ -95,9 +138,10 @@ def test_rotary_frequencies_and_layout():
 
 
 def test_rotated_products_depend_on_offsets_only():
-    cos, sin = RotaryTable(8)((6, 6))
-    a, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    rotated = [apply_rope(x.expand(36, 8), cos.double(), sin.double()) for x in (a, b)]
+    cos, sin = RotaryTable(8).double()((6, 6))  # float64 tables: rotations orthogonal
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(8, dtype=torch.float64, generator=generator) for _ in range(2))
+    rotated = [apply_rope(x.expand(36, 8), cos, sin) for x in (a, b)]
 
     def product(i, j):
         return rotated[0][i] @ rotated[1][j]

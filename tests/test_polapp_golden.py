@@ -53,6 +53,7 @@ def test_attention_modules_match_the_authors(kind, head_dim):
     cos, sin = table(ATTENTION_HW)
     assert relative_error(cos.numpy(), golden['cos']) < 1e-15
     assert relative_error(sin.numpy(), golden['sin']) < 1e-15
+    rope = table.axes(ATTENTION_HW) if kind == 'linear' else (cos, sin)
     with torch.no_grad():
-        out = module(attention_input(head_dim).double(), (cos, sin))
+        out = module(attention_input(head_dim).double(), rope)
     assert relative_error(out.numpy(), golden['output']) < 1e-12

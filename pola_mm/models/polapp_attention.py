@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.depthwise_conv import DepthwiseConv2d
 from ..ops.polapp_linear import check_polapp_attention_impl, polapp_linear_attention
-from ..ops.rope import apply_rope
+from ..ops.rope import AxisTables, apply_rope
 
 LEPE_KERNEL = 5
 
@@ -37,16 +38,21 @@ class _GatedAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dims = _check_heads(embed_dims, num_heads)
         self.add_module(f'qkv{self.gate_name}', nn.Linear(embed_dims, 4 * embed_dims))
-        self.lepe = nn.Conv2d(embed_dims, embed_dims, LEPE_KERNEL, padding=LEPE_KERNEL // 2,
-                              groups=embed_dims)
+        self.lepe = DepthwiseConv2d(embed_dims, LEPE_KERNEL)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(B, C, H, W) -> q, k, v as (B, h, N, d) views, the gate (B, N, C) and
         ``lepe(v)`` as (B, N, C)."""
         batch, channels, height, width = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        q, k, v, gate = getattr(self, f'qkv{self.gate_name}')(tokens).chunk(4, dim=-1)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C) view of the map
+        projection = getattr(self, f'qkv{self.gate_name}')
+        # four products, one per part: each part comes out dense, and backward adds four
+        # (B, N, C) gradients instead of concatenating strided ones; batched products read
+        # the transposed map in place whatever B
+        q, k, v, gate = (torch.baddbmm(bias, tokens, weight.t().expand(batch, -1, -1))
+                         for weight, bias in zip(projection.weight.chunk(4),
+                                                 projection.bias.chunk(4)))
         lepe = self.lepe(v.transpose(1, 2).reshape(batch, channels, height, width))
         # reshape, not unflatten: the TorchScript ONNX exporter fixes the token count of
         # an unflatten's output, and with it the 1 / N of the linear attention
@@ -69,7 +75,8 @@ class PolaPPLinearAttention(_GatedAttention):
     q, k, v, g = ``qkvg(x)``; the core
     (:func:`~pola_mm.ops.polapp_linear.polapp_linear_attention`) takes the stream
     temperatures ``sigmoid(s1)``, ``sigmoid(s2)`` (parameters (1, h, 1, 2d), zero at
-    initialisation) and the 2d-channel rotary tables of the stage.
+    initialisation) and the row and column tables of the stage's 2d-channel rotary
+    positions.
 
     Args:
         embed_dims (int): channels C.
@@ -86,11 +93,12 @@ class PolaPPLinearAttention(_GatedAttention):
         self.s1 = nn.Parameter(torch.zeros(1, num_heads, 1, 2 * self.head_dims))
         self.s2 = nn.Parameter(torch.zeros(1, num_heads, 1, 2 * self.head_dims))
 
-    def forward(self, x: Tensor, rope: Tuple[Tensor, Tensor]) -> Tensor:
-        """(B, C, H, W) map and (H*W, 2d) ``(cos, sin)`` tables -> (B, C, H, W)."""
+    def forward(self, x: Tensor, rope: AxisTables) -> Tensor:
+        """(B, C, H, W) map and the (H, 2d) row and (W, 2d) column rotary tables ->
+        (B, C, H, W)."""
         q, k, v, gate, lepe = self._project(x)
         out = polapp_linear_attention(q, k, v, torch.sigmoid(self.s1), torch.sigmoid(self.s2),
-                                      *rope, impl=self.attn_impl)
+                                      rope, impl=self.attn_impl)
         return self._output(out, gate, lepe, x.shape[2:])
 
 

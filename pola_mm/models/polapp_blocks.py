@@ -5,7 +5,7 @@ Module names are the authors' (``patch_embed.proj.{0..10}``, ``layers.{i}.blocks
 ``norm1.norm``, ``ffn.dwconv``, ``gamma_1``, ``layers.{i}.downsample.{reduction,norm}``,
 ``layers.{i}.RoPE`` / ``RoPE_linear``), so their checkpoints load without renaming.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.utils.checkpoint as cp
@@ -13,7 +13,8 @@ from mmcv.cnn import build_norm_layer
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..ops.rope import RotaryTable
+from ..ops.depthwise_conv import DepthwiseConv2d
+from ..ops.rope import AxisTables, RotaryTable
 from .polapp_attention import PolaPPLinearAttention, RoPESoftmaxAttention
 
 LN_EPS = 1e-6  # every LayerNorm of the authors' model; BatchNorms keep PyTorch's 1e-5
@@ -74,7 +75,7 @@ class ConvFFN(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(embed_dims, hidden_dims)
         self.act = nn.GELU()
-        self.dwconv = nn.Conv2d(hidden_dims, hidden_dims, 3, 1, 1, groups=hidden_dims)
+        self.dwconv = DepthwiseConv2d(hidden_dims, 3)
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,7 +105,7 @@ class PolaPPBlock(nn.Module):
         super().__init__()
         self.linear = linear
         self.with_cp = with_cp
-        self.pos = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, groups=embed_dims)
+        self.pos = DepthwiseConv2d(embed_dims, 3)
         self.norm1 = ChannelLayerNorm(embed_dims)
         self.attn = (PolaPPLinearAttention(embed_dims, num_heads, attn_impl) if linear else
                      RoPESoftmaxAttention(embed_dims, num_heads))
@@ -114,12 +115,12 @@ class PolaPPBlock(nn.Module):
         self.gamma_1 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init)))
         self.gamma_2 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init)))
 
-    def _forward(self, x: Tensor, rope: Tuple[Tensor, Tensor]) -> Tensor:
+    def _forward(self, x: Tensor, rope: Union[AxisTables, Tuple[Tensor, Tensor]]) -> Tensor:
         x = x + self.pos(x)
         x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x), rope))
         return x + self.drop_path(self.gamma_2 * self.ffn(self.norm2(x)))
 
-    def forward(self, x: Tensor, rope: Tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, rope: Union[AxisTables, Tuple[Tensor, Tensor]]) -> Tensor:
         """(B, C, H, W) map and the stage's rotary tables for this block's attention ->
         (B, C, H, W)."""
         if self.with_cp and x.requires_grad:
@@ -132,7 +133,8 @@ class PolaPPStage(nn.Module):
 
     ``RoPE`` (d channels, softmax blocks) and ``RoPE_linear`` (2d channels, linear
     blocks) hold the frequencies; the tables are built once per forward for the actual
-    grid. Returns the stage output and the downsampled map (None for the last stage).
+    grid: per token for the softmax blocks, per row and per column for the linear ones.
+    Returns the stage output and the downsampled map (None for the last stage).
     """
 
     def __init__(self, blocks: List[PolaPPBlock], head_dims: int,
@@ -146,7 +148,7 @@ class PolaPPStage(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """(B, C, H, W) -> ((B, C, H, W), (B, C', ceil(H/2), ceil(W/2)) or None)."""
         hw_shape = tuple(x.shape[2:])
-        tables = {linear: (self.RoPE_linear if linear else self.RoPE)(hw_shape)
+        tables = {linear: self.RoPE_linear.axes(hw_shape) if linear else self.RoPE(hw_shape)
                   for linear in {block.linear for block in self.blocks}}
         for block in self.blocks:
             x = block(x, tables[block.linear])

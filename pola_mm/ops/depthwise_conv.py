@@ -62,6 +62,20 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise 'same' convolution (``groups = channels``, odd ``kernel_size``, padding
+    ``kernel_size // 2``) with :func:`depthwise_conv2d`'s fast CPU backward; the
+    parameters of a plain ``nn.Conv2d``."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        check_odd_kernel((kernel_size, kernel_size))
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2,
+                         groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias)
+
+
 class HeadSharedDepthwiseConv2d(nn.Conv2d):
     """Depthwise 'same' convolution of ``num_heads`` blocks of ``head_dims`` channels with
     one (head_dims, 1, k, k) kernel and (head_dims,) bias shared by all blocks.

@@ -55,8 +55,9 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                              f'got {tuple(param.shape)}')
 
 
-def _empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None) -> Tensor:
-    """An empty float32 tensor of ``like``'s shape (last dim ``last_dim`` if given) whose
+def empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None,
+                          dtype: torch.dtype = torch.float32) -> Tensor:
+    """An empty ``dtype`` tensor of ``like``'s shape (last dim ``last_dim`` if given) whose
     memory order follows ``like``'s strides: a (B, h, L, d) view of (B, L, h, d) memory
     gives the same, a contiguous tensor a contiguous one. Elementwise work then runs on
     one layout (mixed layouts are several times slower), and autograd's view backward of
@@ -65,7 +66,7 @@ def _empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None) -> Tens
     if last_dim is not None:
         shape[-1] = last_dim
     order = sorted(range(like.dim()), key=lambda dim: -like.stride(dim))
-    memory = like.new_empty([shape[dim] for dim in order], dtype=torch.float32)
+    memory = like.new_empty([shape[dim] for dim in order], dtype=dtype)
     return memory.permute([order.index(dim) for dim in range(like.dim())])
 
 
@@ -171,16 +172,16 @@ class KeyStatistics(torch.autograd.Function):
         part = signed.clamp(min=0)
         grad_v = None
         if ctx.needs_input_grad[1]:
-            grad_v = _bmm(part, grad_pos_v, out=_empty_in_memory_order(v))
+            grad_v = _bmm(part, grad_pos_v, out=empty_in_memory_order(v))
         neg_part = _neg_part(signed, out=part)
         if grad_v is not None:
             grad_v = _add_bmm_(grad_v, neg_part, grad_neg_v).to(v.dtype)
         grad_k = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
             grad_pos = _bmm(v32, grad_pos_v.transpose(-2, -1),
-                            out=_empty_in_memory_order(signed)).add_(grad_pos_mean / num_keys)
+                            out=empty_in_memory_order(signed)).add_(grad_pos_mean / num_keys)
             grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1),
-                            out=_empty_in_memory_order(signed)).add_(grad_neg_mean / num_keys)
+                            out=empty_in_memory_order(signed)).add_(grad_neg_mean / num_keys)
             grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
             del grad_neg, neg_part, part
             grad_k, grad_power = signed_power_backward_(k, signed, power32, grad_signed)
@@ -220,7 +221,7 @@ class QueryOutput(torch.autograd.Function):
         batch, heads, num_queries, dims = q.shape
         signed = signed_power(q, power.float())
         part = signed.clamp(min=0)
-        mixed = _bmm(part, top, out=_empty_in_memory_order(signed, dims + 2))  # (B,h,N,d+2)
+        mixed = _bmm(part, top, out=empty_in_memory_order(signed, dims + 2))  # (B,h,N,d+2)
         mixed = _add_bmm_(mixed, _neg_part(signed, out=part), bottom)
         del part, signed
         inv_norm = mixed[..., dims:].add(eps).reciprocal_().unsqueeze(-1)  # (B, h, N, 2, 1)
@@ -238,7 +239,7 @@ class QueryOutput(torch.autograd.Function):
         dims = q.shape[-1]
         streams = (2, dims // 2)
         grad_out = grad_out.float().unflatten(-1, streams)
-        grad_mixed = _empty_in_memory_order(signed, dims + 2)
+        grad_mixed = empty_in_memory_order(signed, dims + 2)
         torch.mul(grad_out, inv_norm, out=grad_mixed[..., :dims].unflatten(-1, streams))
         torch.mul((grad_out * out.unflatten(-1, streams)).sum(-1), inv_norm.squeeze(-1),
                   out=grad_mixed[..., dims:]).neg_()
@@ -250,9 +251,9 @@ class QueryOutput(torch.autograd.Function):
         grad_q = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             grad_pos = _bmm(grad_mixed, top.transpose(-2, -1),
-                            out=_empty_in_memory_order(signed))
+                            out=empty_in_memory_order(signed))
             grad_neg = _bmm(grad_mixed, bottom.transpose(-2, -1),
-                            out=_empty_in_memory_order(signed))
+                            out=empty_in_memory_order(signed))
             del grad_mixed
             grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
             del grad_neg, neg_part, part

@@ -10,33 +10,47 @@ of the value channels, opp: the second) gives::
 
 the rotation in the numerator only, as the authors compute it.
 
-The plain form (:func:`pola_mm.ops.plain_polapp_linear_attention`) rotates every 2d-wide
-map (two gathers and three products each) and keeps about twenty such maps for backward.
-Here the pair turn (a gather) never touches a wide map: both channels of a pair share
-their phase, so ``R(F) @ M = (F * cos) @ M + (F * sin) @ (P M)`` and
-``R(K)^T V = (K * cos)^T V - P (K * sin)^T V``, where ``P`` turns the rows of a small
-(2d, *) matrix pairwise (:func:`_turn_rows`); the two products go through one reused
-buffer. The opp stream's half swap moves onto its operands without a batch dimension
-(:func:`_streams`), so both streams read one ``[relu(q) | relu(-q)]``. The autograd
-Function keeps only its inputs, the small matrices, the output and its normalisers, and
-recomputes the feature maps in backward, whose gradients are written out below.
+The plain form (:func:`pola_mm.ops.plain_polapp_linear_attention`) materialises every
+2d-wide map and rotates each with the (N, 2d) tables. Here no 2d-wide map and no
+per-token table exists:
+
+* Channels ``[0, d)`` of every map turn with the token's row, ``[d, 2d)`` with its column,
+  and a turn by the row ``r`` is the same matrix ``Rot(r)`` for all W tokens of the row.
+  So ``sum_j R_j K[j] v[j]^T`` is ``sum_r Rot(r) S(r)`` with ``S(r)`` the (d, d) product
+  of the row's keys and values (one batched product over the rows, one over the columns),
+  and ``R_i F[i] . kv`` is ``F[i] . Rot(r_i)^T kv``: every token meets a small matrix of
+  its row or its column (:func:`_per_position`). The rotations act on (d, d) matrices only.
+* ``[0, d)`` of ``F_sim`` is ``exp(relu(q) s1) - 1`` and of ``F_opp`` ``exp(relu(-q) s2) - 1``:
+  disjoint supports, so one signed map ``u = sign(q) (exp(|q| s) - 1)``, with ``s`` the
+  temperature of q's sign (``|q| (s+ + s-) / 2 + q (s+ - s-) / 2``), holds both as
+  ``relu(u)`` and ``relu(-u)`` (:func:`_polarity_maps`); likewise ``[d, 2d)`` with the
+  streams the other way round, and the keys (``K = [relu(u) | relu(-u)]``, no temperature).
+* Each stream's normaliser is one more column of its small matrices (the key mean).
+
+Two autograd Functions (:class:`_KeyStatistics`, :class:`_QueryOutput`) keep only their
+inputs, the small matrices and the output with its normalisers, and recompute the signed
+maps in backward; the small-matrix algebra between them (rotations, sums over positions)
+is left to autograd. Large temporaries follow q's memory order and the output is laid out
+as (B, N, h, d), so heads split off and merged into (B, N, h * d) cost no copy.
 Everything runs in float32 with autocast off (``exp`` of untempered keys overflows fp16
-from 11.1 on); the result is cast back to the input dtype.
+from 11.1 on), float64 for float64 inputs; the result is cast back to the input dtype.
 """
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .pola_reference import plain_polapp_linear_attention
+from .pola_torch import empty_in_memory_order
+from .rope import AxisTables, expand_axes, rotate_pairs
 
 POLAPP_ATTENTION_IMPLS = ('auto', 'torch', 'reference')
 
 
 def check_polapp_inputs(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor,
-                        cos: Tensor, sin: Tensor) -> None:
+                        axes: AxisTables) -> None:
     """Raise ValueError unless q, k, v are (B, h, N, d) with d divisible by 4, s1 and s2
-    broadcast as (1, h, 1, 2d) and the tables are (N, 2d)."""
+    broadcast as (1, h, 1, 2d) and the axis tables are (H, d) and (W, d), H * W = N."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError('q, k and v must have one (B, heads, tokens, dims) shape, got '
                          f'{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}')
@@ -49,10 +63,14 @@ def check_polapp_inputs(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor,
                 or param.shape[1] not in (1, heads) or param.shape[3] != 2 * dims):
             raise ValueError(f'{name} must broadcast as (1, {heads}, 1, {2 * dims}), '
                              f'got {tuple(param.shape)}')
-    for name, table in (('cos', cos), ('sin', sin)):
-        if table.shape != (tokens, 2 * dims):
-            raise ValueError(f'rotary table {name} must be ({tokens}, {2 * dims}), '
+    height, width = axes.hw_shape
+    for name, table, size in zip(AxisTables._fields, axes, (height, height, width, width)):
+        if table.shape != (size, dims):
+            raise ValueError(f'rotary table {name} must be ({size}, {dims}), '
                              f'got {tuple(table.shape)}')
+    if height * width != tokens:
+        raise ValueError(f'rotary tables of a {height}x{width} grid do not fit {tokens} '
+                         'tokens')
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -60,155 +78,244 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def polar_features(x: Tensor, negative_first: bool) -> Tensor:
-    """(..., d) -> (..., 2d) ``[relu(x) | relu(-x)]`` in :func:`compute_dtype`, halves
-    swapped if ``negative_first``."""
-    dims, x = x.shape[-1], x.to(compute_dtype(x))
-    out = x.new_empty(*x.shape[:-1], 2 * dims)
-    positive, negative = (out[..., dims:], out[..., :dims]) if negative_first else (
-        out[..., :dims], out[..., dims:])
-    torch.clamp(x, min=0, out=positive)
-    torch.clamp(x, max=0, out=negative).neg_()
+def _grid(tokens: Tensor, hw_shape: Tuple[int, int], by_columns: bool) -> Tensor:
+    """(N, x) tokens of one item and head -> (H, W, x) rows or (W, H, x) columns (views)."""
+    grid = tokens.unflatten(0, hw_shape)
+    return grid.transpose(0, 1) if by_columns else grid
+
+
+def _per_position(a: Tensor, m: Tensor, hw_shape: Tuple[int, int], by_columns: bool,
+                  out: Tensor, accumulate: bool = False) -> Tensor:
+    """``out[i] (+)= a[i] @ m[p(i)]``: (B, h, N, k) tokens times the (B, h, P, k, x)
+    matrix of their row (P = H) or column (P = W) -> ``out`` (B, h, N, x)."""
+    for item in range(a.shape[0]):
+        for head in range(a.shape[1]):
+            target = out[item, head].view(*hw_shape, -1)
+            a_grid = _grid(a[item, head], hw_shape, by_columns)
+            if by_columns:
+                product = torch.bmm(a_grid, m[item, head])
+                target.add_(product.transpose(0, 1)) if accumulate else target.copy_(
+                    product.transpose(0, 1))
+            elif accumulate:
+                target.baddbmm_(a_grid, m[item, head])
+            else:
+                torch.bmm(a_grid, m[item, head], out=target)
     return out
 
 
-def _turn_rows(m: Tensor) -> Tensor:
-    """``P m`` for a (..., 2d, c) matrix: rows ``(2i, 2i + 1)`` become
-    ``(m[2i + 1], -m[2i])``; ``R(F) @ m = (F * cos) @ m + (F * sin) @ P m``."""
-    pairs = m.unflatten(-2, (-1, 2))
-    return torch.stack([pairs[..., 1, :], -pairs[..., 0, :]], dim=-2).flatten(-3, -2)
+def _gram_per_position(a: Tensor, b: Tensor, hw_shape: Tuple[int, int],
+                       by_columns: bool) -> Tensor:
+    """``sum over the tokens i of each row (or column) p of a[i]^T b[i]``: (B, h, N, k)
+    and (B, h, N, x) -> (B, h, P, k, x)."""
+    positions = hw_shape[1] if by_columns else hw_shape[0]
+    out = a.new_empty(a.shape[0], a.shape[1], positions, a.shape[-1], b.shape[-1])
+    for item in range(a.shape[0]):
+        for head in range(a.shape[1]):
+            torch.bmm(_grid(a[item, head], hw_shape, by_columns).transpose(1, 2),
+                      _grid(b[item, head], hw_shape, by_columns), out=out[item, head])
+    return out
 
 
-def _rotated_left(feats: Tensor, cos: Tensor, sin: Tensor, m: Tensor,
-                  buffer: Tensor) -> Tensor:
-    """``R(F) @ m = (F * cos) @ m + (F * sin) @ P m``: (B, h, N, 2d) features and
-    (B, h, 2d, c) -> (B, h, N, c); ``buffer`` (F's shape) holds the products in turn."""
-    out = torch.matmul(torch.mul(feats, cos, out=buffer), m)
-    return out.add_(torch.matmul(torch.mul(feats, sin, out=buffer), _turn_rows(m)))
+def _polarity_maps(x: Tensor, magnitude: Tensor, mid: Optional[Tensor],
+                   half: Optional[Tensor], exp_out: Tensor, pos_out: Tensor,
+                   neg_out: Tensor) -> Tuple[Tensor, Tensor]:
+    """``e = exp(|x| mid + x half)`` into ``exp_out``; ``pos = exp(relu(x) s+) - 1`` and
+    ``neg = exp(relu(-x) s-) - 1``, i.e. ``e - 1`` where x > 0 and where x < 0, into
+    ``pos_out`` and ``neg_out``, for ``mid = (s+ + s-) / 2`` and ``half = (s+ - s-) / 2``
+    (no temperatures: None). With ``u = sign(x) (e - 1)``, pos is ``relu(u)``, neg
+    ``relu(-u)``, and ``du/dx = e``."""
+    if mid is None:
+        torch.exp(magnitude, out=exp_out)
+    else:
+        torch.mul(x, half, out=exp_out).addcmul_(magnitude, mid).exp_()
+    excess = torch.sub(exp_out, 1, out=neg_out)
+    torch.ops.aten.threshold_backward.grad_input(excess, x, 0, grad_input=pos_out)
+    return pos_out, excess.sub_(pos_out)
 
 
-def _rotated_transposed(feats: Tensor, cos: Tensor, sin: Tensor, m: Tensor,
-                        buffer: Tensor) -> Tensor:
-    """``R(F)^T @ m = (F * cos)^T m - P (F * sin)^T m`` (P^T = -P): m (B, h, N, c) ->
-    (B, h, 2d, c); ``buffer`` as in :func:`_rotated_left`."""
-    top = torch.matmul(torch.mul(feats, cos, out=buffer).transpose(-2, -1), m)
-    return top.sub_(_turn_rows(
-        torch.matmul(torch.mul(feats, sin, out=buffer).transpose(-2, -1), m)))
+def _polarity_backward_(grad_pos: Tensor, grad_neg: Tensor, pos: Tensor,
+                        neg: Tensor) -> Tensor:
+    """Gradient to ``u`` of ``pos = relu(u)`` and ``neg = relu(-u)`` given theirs, written
+    into ``grad_pos`` (relu's own adjoint, several times faster on CPU than ``where``)."""
+    threshold_backward = torch.ops.aten.threshold_backward.grad_input
+    threshold_backward(grad_pos, pos, 0, grad_input=grad_pos)
+    threshold_backward(grad_neg, neg, 0, grad_input=grad_neg)
+    return grad_pos.sub_(grad_neg)
 
 
-def _rotated_left_grad(grad: Tensor, cos: Tensor, sin: Tensor, m: Tensor) -> Tensor:
-    """Gradient (B, h, N, 2d) to F of ``R(F) @ m`` given its gradient (B, h, N, c)."""
-    out = torch.matmul(grad, m.transpose(-2, -1)).mul_(cos)
-    return out.addcmul_(torch.matmul(grad, _turn_rows(m).transpose(-2, -1)), sin)
-
-
-def _swap_halves(x: Tensor, dim: int = -1) -> Tensor:
-    first, second = x.chunk(2, dim=dim)
-    return torch.cat([second, first], dim=dim)
-
-
-def _streams(s1: Tensor, s2: Tensor, cos: Tensor, sin: Tensor):
-    """Per stream: (index, scale, cos, sin, swapped). The opp features
-    ``exp(swap(raw) * s2) - 1`` are ``swap(exp(raw * swap(s2)) - 1)``; the swap moves to
-    the operands without a batch (its scale, tables, value rows and key mean), never to
-    ``raw``."""
-    yield 0, s1, cos, sin, False
-    yield 1, _swap_halves(s2), _swap_halves(cos), _swap_halves(sin), True
-
-
-def _forward(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor, cos: Tensor,
-             sin: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(out (B, h, N, d), normalisers (B, h, N, 2), R(K)^T v / n, mean K)`` in the
-    inputs' :func:`compute_dtype` (q, k, s1, s2 and the tables already in it)."""
-    tokens, half = k.shape[-2], v.shape[-1] // 2
-    keys = polar_features(k, False).expm1_()
-    buffer = torch.empty_like(keys)
-    key_mean = keys.mean(dim=-2, keepdim=True)  # (B, h, 1, 2d)
-    kv = _rotated_transposed(keys, cos, sin, v.to(keys.dtype), buffer).div_(tokens)
-    raw, feats = polar_features(q, False), keys  # [relu(q) | relu(-q)]; reuse the memory
-    del keys
-    outs, norms = [], []
-    for stream, scale, stream_cos, stream_sin, swapped in _streams(s1, s2, cos, sin):
-        kv_t, mean_t = kv[..., stream * half:(stream + 1) * half], key_mean
-        if swapped:
-            kv_t, mean_t = _swap_halves(kv_t, -2), _swap_halves(mean_t)
-        torch.mul(raw, scale, out=feats).expm1_()
-        norm = torch.matmul(feats, mean_t.transpose(-2, -1)).add_(eps)  # (B, h, N, 1)
-        outs.append(_rotated_left(feats, stream_cos, stream_sin, kv_t, buffer).div_(norm))
-        norms.append(norm)
-    return torch.cat(outs, dim=-1), torch.cat(norms, dim=-1), kv, key_mean
-
-
-def _polar_backward(grad: Tensor, x: Tensor) -> Tensor:
-    """Gradient to ``x`` (..., d) of ``polar_features(x, False)`` given the gradient
-    (..., 2d) to it, which it overwrites. Where x is exactly 0 it takes the subgradient of
-    ``relu(-x)``'s side."""
-    positive, negative = grad.chunk(2, dim=-1)
-    return torch.where(x > 0, positive, negative.neg_())
-
-
-class _PolaPPLinearCore(torch.autograd.Function):
-    """:func:`_forward` with a backward that recomputes the feature maps."""
+class _KeyStatistics(torch.autograd.Function):
+    """(k, v) -> ``S_row`` (B, h, H, d, d), the sum over each row's tokens of
+    ``relu(u)^T v``; ``S_col`` (B, h, W, d, d), over each column's of ``relu(-u)^T v``;
+    and the means of ``relu(u)`` and ``relu(-u)`` over all tokens (B, h, 1, d), with
+    ``u = sign(k) (exp(|k|) - 1)``."""
 
     @staticmethod
-    def forward(ctx, q, k, v, s1, s2, cos, sin, eps):
-        dtype = compute_dtype(q)
-        s1, s2, cos, sin = (t.to(dtype) for t in (s1, s2, cos, sin))
-        out, norms, kv, key_mean = _forward(q, k.to(dtype), v, s1, s2, cos, sin, eps)
-        ctx.save_for_backward(q, k, v, s1, s2, cos, sin, out, norms, kv, key_mean)
-        ctx.dtypes = (q.dtype, k.dtype, v.dtype)
+    def forward(ctx, k: Tensor, v: Tensor, hw_shape: Tuple[int, int]):
+        ctx.save_for_backward(k, v)
+        ctx.hw_shape = hw_shape
+        dtype = compute_dtype(k)
+        k, v = k.to(dtype), v.to(dtype)
+        pos, neg, _ = _KeyStatistics._maps(k)
+        return (_gram_per_position(pos, v, hw_shape, False),
+                _gram_per_position(neg, v, hw_shape, True),
+                pos.mean(dim=-2, keepdim=True), neg.mean(dim=-2, keepdim=True))
+
+    @staticmethod
+    def _maps(k: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``relu(u)``, ``relu(-u)`` and ``exp(|k|)`` in k's memory order."""
+        exp, pos, neg = (empty_in_memory_order(k, dtype=k.dtype) for _ in range(3))
+        _polarity_maps(k, torch.abs(k, out=neg), None, None, exp, pos, neg)
+        return pos, neg, exp
+
+    @staticmethod
+    def backward(ctx, grad_rows, grad_cols, grad_pos_mean, grad_neg_mean):
+        k_in, v_in = ctx.saved_tensors
+        hw_shape, tokens = ctx.hw_shape, k_in.shape[-2]
+        dtype = compute_dtype(k_in)
+        k, v = k_in.to(dtype), v_in.to(dtype)
+        pos, neg, exp = _KeyStatistics._maps(k)
+        grad_rows, grad_cols = grad_rows.to(dtype), grad_cols.to(dtype)
+        grad_v = _per_position(pos, grad_rows, hw_shape, False,
+                               empty_in_memory_order(v, dtype=dtype))
+        _per_position(neg, grad_cols, hw_shape, True, grad_v, accumulate=True)
+        grad_pos, grad_neg = (
+            _per_position(v, grad.transpose(-2, -1), hw_shape, by_columns,
+                          empty_in_memory_order(k, dtype=dtype)).add_(grad_mean / tokens)
+            for grad, grad_mean, by_columns in ((grad_rows, grad_pos_mean, False),
+                                                (grad_cols, grad_neg_mean, True)))
+        # u = sign(k) (exp(|k|) - 1): du/dk = exp(|k|)
+        grad_k = _polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
+        return grad_k.to(k_in.dtype), grad_v.to(v_in.dtype), None
+
+
+class _QueryOutput(torch.autograd.Function):
+    """(q, temperatures, small matrices) -> the normalised output (B, h, N, d), laid out
+    as (B, N, h, d).
+
+    Block ``a`` (rows, then columns) takes ``u_a = sign(q) (exp(|q| mid_a + q half_a) - 1)``
+    (temperatures (1, h, 1, d)); ``relu(u_a)`` meets the (B, h, P, d, d/2 + 1) matrix
+    ``pos_a`` of its row or column, ``relu(-u_a)`` meets ``neg_a``. The row block's
+    ``relu(u)`` feeds the sim stream and ``relu(-u)`` the opp stream; the column block's the
+    other way round. Each stream sums its two products into d/2 numerator columns and the
+    normaliser."""
+
+    @staticmethod
+    def forward(ctx, q, row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos,
+                col_neg, hw_shape, eps):
+        q32 = q.to(compute_dtype(q))
+        batch, heads, tokens, dims = q.shape
+        half_dims = dims // 2
+        magnitude, exp, pos, neg = (empty_in_memory_order(q32, dtype=q32.dtype)
+                                    for _ in range(4))
+        torch.abs(q32, out=magnitude)
+        sums = [q32.new_empty(batch, heads, tokens, half_dims + 1) for _ in range(2)]
+        for block, (mid, half, m_pos, m_neg) in enumerate(
+                ((row_mid, row_half, row_pos, row_neg), (col_mid, col_half, col_pos, col_neg))):
+            _polarity_maps(q32, magnitude, mid, half, exp, pos, neg)
+            by_columns = block == 1
+            _per_position(pos, m_pos, hw_shape, by_columns, sums[block], by_columns)
+            _per_position(neg, m_neg, hw_shape, by_columns, sums[1 - block], by_columns)
+        del magnitude, exp, pos, neg
+        norms = torch.stack([total[..., half_dims] for total in sums], dim=-1).add_(eps)
+        out = q32.new_empty(batch, tokens, heads, dims).transpose(1, 2)
+        for stream, total in enumerate(sums):
+            torch.div(total[..., :half_dims], norms[..., stream:stream + 1],
+                      out=out[..., stream * half_dims:(stream + 1) * half_dims])
+        ctx.save_for_backward(q, row_mid, row_half, col_mid, col_half, row_pos, row_neg,
+                              col_pos, col_neg, out, norms)
+        ctx.hw_shape = hw_shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, s1, s2, cos, sin, out, norms, kv, key_mean = ctx.saved_tensors
-        dtype = compute_dtype(q)
-        q, k, v, grad_out = (t.to(dtype) for t in (q, k, v, grad_out))
-        tokens, half = k.shape[-2], v.shape[-1] // 2
-        grad_kv, grad_key_mean, grad_scales = torch.empty_like(kv), torch.zeros_like(key_mean), []
-        raw = polar_features(q, False)
-        feats, buffer, grad_raw = torch.empty_like(raw), torch.empty_like(raw), None
-        for stream, scale, stream_cos, stream_sin, swapped in _streams(s1, s2, cos, sin):
-            part = slice(stream * half, (stream + 1) * half)
-            grad_t, out_t, kv_t, mean_t = grad_out[..., part], out[..., part], kv[..., part], \
-                key_mean
-            if swapped:
-                kv_t, mean_t = _swap_halves(kv_t, -2), _swap_halves(mean_t)
-            inv_norm = norms[..., stream:stream + 1].reciprocal()
-            grad_num = grad_t * inv_norm  # (B, h, N, d/2)
-            grad_norm = (grad_t * out_t).sum(dim=-1, keepdim=True).mul_(inv_norm).neg_()
-            torch.mul(raw, scale, out=feats).expm1_()
-            grad_kv_t = _rotated_transposed(feats, stream_cos, stream_sin, grad_num, buffer)
-            grad_mean_t = torch.matmul(grad_norm.transpose(-2, -1), feats)
-            # d(features): rotated numerator + normaliser, then through exp(raw * scale).
-            grad_exp = _rotated_left_grad(grad_num, stream_cos, stream_sin, kv_t)
-            grad_exp.addcmul_(grad_norm, mean_t).mul_(feats.add_(1))
-            grad_scale = torch.mul(grad_exp, raw, out=buffer).sum(dim=(0, 2), keepdim=True)
-            grad_exp = grad_exp.mul_(scale)
-            grad_raw = grad_exp if grad_raw is None else grad_raw.add_(grad_exp)
-            del grad_exp
-            if swapped:
-                grad_kv_t, grad_mean_t = _swap_halves(grad_kv_t, -2), _swap_halves(grad_mean_t)
-                grad_scale = _swap_halves(grad_scale)
-            grad_kv[..., part] = grad_kv_t
-            grad_key_mean += grad_mean_t
-            grad_scales.append(grad_scale)
-        grad_q = _polar_backward(grad_raw, q)
-        del raw, grad_raw
-        keys = polar_features(k, False).expm1_()
-        # kv = R(K)^T v / n: the gradient to R(K) is v @ (grad_kv / n)^T, as for R(K) @ m
-        # with m = grad_kv / n and upstream v
-        grad_kv.div_(tokens)
-        grad_v = _rotated_left(keys, cos, sin, grad_kv, buffer)
-        del buffer
-        grad_keys = _rotated_left_grad(v, cos, sin, grad_kv)
-        grad_keys.add_(grad_key_mean / tokens).mul_(keys.add_(1))
-        grad_k = _polar_backward(grad_keys, k)
-        q_dtype, k_dtype, v_dtype = ctx.dtypes
-        grad_s1, grad_s2 = (g.sum(dim=1, keepdim=True) if s.shape[1] == 1 else g
-                            for g, s in zip(grad_scales, (s1, s2)))
-        return (grad_q.to(q_dtype), grad_k.to(k_dtype), grad_v.to(v_dtype), grad_s1, grad_s2,
-                None, None, None)
+        q, row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg, out, \
+            norms = ctx.saved_tensors
+        hw_shape = ctx.hw_shape
+        q32 = q.to(compute_dtype(q))
+        grad_sums = _QueryOutput._grad_sums(grad_out.to(q32.dtype), out, norms)
+        magnitude = torch.abs(q32, out=empty_in_memory_order(q32, dtype=q32.dtype))
+        exp, pos, neg, grad_pos, grad_neg = (empty_in_memory_order(q32, dtype=q32.dtype)
+                                             for _ in range(5))
+        grad_mids: List[Tensor] = []
+        grad_halves: List[Tensor] = []
+        grad_matrices: List[Tensor] = []
+        grad_by_mid = grad_by_half = None
+        for block, (mid, half, m_pos, m_neg) in enumerate(
+                ((row_mid, row_half, row_pos, row_neg), (col_mid, col_half, col_pos, col_neg))):
+            by_columns = block == 1
+            pos_sums, neg_sums = grad_sums[block], grad_sums[1 - block]
+            _polarity_maps(q32, magnitude, mid, half, exp, pos, neg)
+            grad_matrices += [_gram_per_position(pos, pos_sums, hw_shape, by_columns),
+                              _gram_per_position(neg, neg_sums, hw_shape, by_columns)]
+            _per_position(pos_sums, m_pos.transpose(-2, -1), hw_shape, by_columns, grad_pos)
+            _per_position(neg_sums, m_neg.transpose(-2, -1), hw_shape, by_columns, grad_neg)
+            # d(signed) -> d(exp) = d(signed) sign(q) -> d(argument) = that * exp; with
+            # sign(q)^2 = 1, weighted = d(signed) * exp gives dq = weighted (mid +
+            # sign(q) half), d mid = sum weighted q, d half = sum weighted |q|
+            weighted = _polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
+            grad_mids.append(torch.linalg.vecdot(weighted, q32, dim=2))
+            grad_halves.append(torch.linalg.vecdot(weighted, magnitude, dim=2))
+            if grad_by_mid is None:
+                grad_by_mid, grad_by_half = weighted * mid, weighted * half
+            else:
+                grad_by_mid.addcmul_(weighted, mid)
+                grad_by_half.addcmul_(weighted, half)
+        del exp, pos, grad_pos, grad_neg, magnitude
+        grad_q = grad_by_mid.addcmul_(grad_by_half, torch.sign(q32, out=neg))
+        scale_grads = [grad.unsqueeze(2).sum_to_size(param.shape) for grad, param in zip(
+            (grad_mids[0], grad_halves[0], grad_mids[1], grad_halves[1]),
+            (row_mid, row_half, col_mid, col_half))]
+        return (grad_q.to(q.dtype), *scale_grads, *grad_matrices, None, None)
+
+    @staticmethod
+    def _grad_sums(grad_out: Tensor, out: Tensor, norms: Tensor) -> List[Tensor]:
+        """Gradients (B, h, N, d/2 + 1) of the two streams' numerators and normalisers."""
+        batch, heads, tokens, dims = out.shape
+        half_dims = dims // 2
+        grads = []
+        for stream in range(2):
+            part = slice(stream * half_dims, (stream + 1) * half_dims)
+            inverse = norms[..., stream:stream + 1].reciprocal()
+            grad = grad_out.new_empty(batch, heads, tokens, half_dims + 1)
+            torch.mul(grad_out[..., part], inverse, out=grad[..., :half_dims])
+            grad[..., half_dims].copy_((grad[..., :half_dims] * out[..., part]).sum(-1)).neg_()
+            grads.append(grad)
+        return grads
+
+
+def _rotate(m: Tensor, cos: Tensor, sin: Tensor, inverse: bool = False) -> Tensor:
+    """``Rot(p) @ m[p]`` (``Rot(p)^T`` if ``inverse``) for (..., P, d, x) matrices whose rows
+    are channel pairs and the (P, d) tables of the positions."""
+    cos, sin = cos[:, :, None], sin[:, :, None]
+    turned = rotate_pairs(m.transpose(-2, -1)).transpose(-2, -1) * sin
+    return m * cos - turned if inverse else m * cos + turned
+
+
+def _lean_polapp_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor,
+                           axes: AxisTables, eps: float) -> Tensor:
+    """The lean path (module docstring) in :func:`compute_dtype`, laid out as (B, N, h, d)."""
+    dtype = compute_dtype(q)
+    axes = axes.to(dtype)
+    hw_shape, tokens, dims = axes.hw_shape, q.shape[-2], q.shape[-1]
+    half_dims = dims // 2
+    rows_kv, cols_kv, pos_mean, neg_mean = _KeyStatistics.apply(k, v, hw_shape)
+    kv_row = _rotate(rows_kv, axes.row_cos, axes.row_sin).sum(dim=2) / tokens  # (B, h, d, d)
+    kv_col = _rotate(cols_kv, axes.col_cos, axes.col_sin).sum(dim=2) / tokens
+    rows = _rotate(kv_row.unsqueeze(2), axes.row_cos, axes.row_sin, inverse=True)
+    cols = _rotate(kv_col.unsqueeze(2), axes.col_cos, axes.col_sin, inverse=True)
+
+    def matrix(per_position, values, mean):  # (B, h, P, d, d/2 + 1)
+        mean = mean.transpose(-2, -1).unsqueeze(2).expand(-1, -1, per_position.shape[2], -1, -1)
+        return torch.cat([per_position[..., values], mean], dim=-1)
+
+    sim, opp = slice(0, half_dims), slice(half_dims, dims)
+    s1, s2 = s1.to(dtype), s2.to(dtype)
+    temperatures = []
+    for t_pos, t_neg in ((s1[..., :dims], s2[..., :dims]), (s2[..., dims:], s1[..., dims:])):
+        temperatures += [(t_pos + t_neg) / 2, (t_pos - t_neg) / 2]
+    return _QueryOutput.apply(
+        q, *temperatures, matrix(rows, sim, pos_mean), matrix(rows, opp, pos_mean),
+        matrix(cols, opp, neg_mean), matrix(cols, sim, neg_mean), hw_shape, eps)
 
 
 def check_polapp_attention_impl(impl: str) -> str:
@@ -220,17 +327,16 @@ def check_polapp_attention_impl(impl: str) -> str:
 
 
 def polapp_linear_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor,
-                            cos: Tensor, sin: Tensor, eps: float = 1e-6,
-                            impl: str = 'auto') -> Tensor:
+                            axes: AxisTables, eps: float = 1e-6, impl: str = 'auto') -> Tensor:
     """PolaFormer++ polarity-aware linear attention (module docstring) of one grid.
 
     Args:
-        q, k, v (Tensor): (B, h, N, d) over the N = H * W tokens of the grid, d divisible
-            by 4.
+        q, k, v (Tensor): (B, h, N, d) over the N = H * W tokens of the grid, row-major,
+            d divisible by 4.
         s1, s2 (Tensor): (1, h, 1, 2d) temperatures of the sim and opp streams, in (0, 1)
             (``sigmoid`` of the parameters).
-        cos, sin (Tensor): (N, 2d) rotary tables (:class:`~pola_mm.ops.rope.RotaryTable`
-            of 2d channels).
+        axes (AxisTables): the (H, d) row and (W, d) column tables of 2d-channel rotary
+            positions (:meth:`~pola_mm.ops.rope.RotaryTable.axes`).
         eps (float): normaliser epsilon, the authors' 1e-6 on the mean.
         impl (str): 'auto' or 'torch' (the lean path), or 'reference' (the plain form:
             slow, for checks). ONNX export records the plain form whatever ``impl``.
@@ -239,15 +345,16 @@ def polapp_linear_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Ten
         Tensor: (B, h, N, d) of ``q``'s dtype; channels [0, d/2) from the sim stream.
     """
     check_polapp_attention_impl(impl)
-    check_polapp_inputs(q, k, v, s1, s2, cos, sin)
+    check_polapp_inputs(q, k, v, s1, s2, axes)
     dtype = q.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
         if impl == 'reference' or torch.onnx.is_in_onnx_export():
-            # exported graphs record the plain form: standard operators only (no expm1,
-            # no writes into views), and an inference graph keeps nothing for backward
+            # exported graphs record the plain form: standard operators only (no writes
+            # into views), and an inference graph keeps nothing for backward
             compute = compute_dtype(q)
             out = plain_polapp_linear_attention(
-                *(t.to(compute) for t in (q, k, v, s1, s2, cos, sin)), eps)
+                *(t.to(compute) for t in (q, k, v, s1, s2)),
+                *expand_axes(axes.to(compute)), eps)
         else:
-            out = _PolaPPLinearCore.apply(q, k, v, s1, s2, cos, sin, eps)
+            out = _lean_polapp_attention(q, k, v, s1, s2, axes, eps)
     return out.to(dtype)

@@ -6,13 +6,32 @@ pair. A token at row ``r`` and column ``c`` has the phases ``[r * angle | c * an
 first ``n / 2`` channels carry its row, the last ``n / 2`` its column, positions counted from
 0 at the top-left of the actual grid (no rescaling, any grid size). :func:`apply_rope`
 rotates each channel pair ``(2i, 2i + 1)`` by its phase.
+
+Since a row's phases do not depend on the column and a column's not on the row, the tables
+factor into :class:`AxisTables`: (H, n / 2) for the rows and (W, n / 2) for the columns;
+:func:`expand_axes` spreads them to the (H * W, n) per-token tables.
 """
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import torch
 from torch import Tensor, nn
 
 ROPE_BASE = 10000.
+
+
+class AxisTables(NamedTuple):
+    """cos and sin of the row phases (H, n / 2) and of the column phases (W, n / 2)."""
+    row_cos: Tensor
+    row_sin: Tensor
+    col_cos: Tensor
+    col_sin: Tensor
+
+    @property
+    def hw_shape(self) -> Tuple[int, int]:
+        return self.row_cos.shape[0], self.col_cos.shape[0]
+
+    def to(self, dtype: torch.dtype) -> 'AxisTables':
+        return AxisTables(*(table.to(dtype) for table in self))
 
 
 def rope_angles(channels: int, base: float = ROPE_BASE) -> Tensor:
@@ -22,6 +41,19 @@ def rope_angles(channels: int, base: float = ROPE_BASE) -> Tensor:
         raise ValueError(f'rotary tables need channels divisible by 4, got {channels}')
     theta = 1. / base**torch.linspace(0, 1, channels // 4)  # float32, as the authors'
     return theta.repeat_interleave(2)
+
+
+def expand_axes(axes: AxisTables) -> Tuple[Tensor, Tensor]:
+    """``(cos, sin)``, each (H * W, n), tokens row-major: row tables in the first n / 2
+    channels, column tables in the last."""
+    height, width = axes.hw_shape
+    tables = []
+    for rows, cols in ((axes.row_cos, axes.col_cos), (axes.row_sin, axes.col_sin)):
+        half = rows.shape[-1]
+        grid = torch.cat([rows[:, None].expand(height, width, half),
+                          cols[None].expand(height, width, half)], dim=-1)
+        tables.append(grid.reshape(height * width, 2 * half))
+    return tables[0], tables[1]
 
 
 class RotaryTable(nn.Module):
@@ -37,16 +69,19 @@ class RotaryTable(nn.Module):
         super().__init__()
         self.register_buffer('angle', rope_angles(channels))
 
-    def forward(self, hw_shape: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
-        """(H, W) -> ``(cos, sin)``, each (H * W, channels), tokens row-major."""
-        height, width = hw_shape
+    def axes(self, hw_shape: Tuple[int, int]) -> AxisTables:
+        """(H, W) -> the row (H, channels / 2) and column (W, channels / 2) tables."""
         dtype = torch.float64 if self.angle.dtype == torch.float64 else torch.float32
         angle = self.angle.to(dtype)
-        rows, cols = torch.meshgrid(torch.arange(height, device=angle.device, dtype=dtype),
-                                    torch.arange(width, device=angle.device, dtype=dtype),
-                                    indexing='ij')
-        phase = torch.cat([rows.reshape(-1, 1) * angle, cols.reshape(-1, 1) * angle], dim=-1)
-        return phase.cos(), phase.sin()
+        tables = []
+        for size in hw_shape:
+            phase = torch.arange(size, device=angle.device, dtype=dtype)[:, None] * angle
+            tables += [phase.cos(), phase.sin()]
+        return AxisTables(*tables)
+
+    def forward(self, hw_shape: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
+        """(H, W) -> ``(cos, sin)``, each (H * W, channels), tokens row-major."""
+        return expand_axes(self.axes(hw_shape))
 
 
 def rotate_pairs(x: Tensor) -> Tensor:

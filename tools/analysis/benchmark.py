@@ -69,7 +69,7 @@ from pola_mm.models import (PolaLinearAttention, PolaPP, PolaPPLinearAttention, 
                             PolaPVT, PolaSwinTransformer, ShiftWindowAttention)
 from pola_mm.ops.pola_reference import plain_polarity_attention  # noqa: E402
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch  # noqa: E402
-from pola_mm.ops.rope import RotaryTable  # noqa: E402
+from pola_mm.ops.rope import AxisTables, RotaryTable  # noqa: E402
 
 try:  # mmdet's softmax baselines; a GPU box without a compiled mmcv still benchmarks Pola
     from mmdet.models.backbones.pvt import (PyramidVisionTransformer, PyramidVisionTransformerV2,
@@ -263,7 +263,7 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
         def polapp_layer(impl, grid=grid):
             def build():
                 x = torch.randn(batch, 64, *grid, device=device, requires_grad=True)
-                tables = tuple(t.to(device) for t in RotaryTable(128)(grid))
+                tables = AxisTables(*(t.to(device) for t in RotaryTable(128).axes(grid)))
                 return PolaPPLinearAttention(64, 1, attn_impl=impl), lambda m: m(x, tables)
             return build
 
