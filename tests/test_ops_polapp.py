@@ -3,7 +3,7 @@ plain form of the authors' math, precision under half inputs, bad input."""
 import pytest
 import torch
 
-from pola_mm.ops import plain_polapp_linear_attention, polapp_linear_attention
+from pola_mm.ops import plain_polapp_linear_attention, polapp_linear, polapp_linear_attention
 from pola_mm.ops.rope import AxisTables, RotaryTable, apply_rope, expand_axes, rope_angles
 
 
@@ -53,6 +53,38 @@ def test_lean_core_matches_the_plain_form_with_gradients(batch, heads, hw, dims,
                                      torch.autograd.grad(reference, (q, k, v, s1, s2),
                                                          upstream)):
         assert g_lean.shape == g_plain.shape and relative(g_lean, g_plain) < tolerance, name
+
+
+def band_rows(x, hw_shape):
+    return [(band.top, band.bottom) for band in polapp_linear._bands(x, hw_shape)]
+
+
+@pytest.mark.parametrize('band_elements, bands', [(100, [(0, 2), (2, 4), (4, 5)]),
+                                                   (1, [(row, row + 1) for row in range(5)])])
+def test_lean_core_in_bands_of_rows_matches_the_plain_form(monkeypatch, band_elements, bands):
+    """On CPU the grid is processed a band of rows at a time; several bands, the last one
+    shorter, give the plain form's output and gradients."""
+    monkeypatch.setattr(polapp_linear, 'CPU_BAND_ELEMENTS', band_elements)
+    q, k, v, s1, s2, axes = inputs(1, 2, (5, 3), 8, torch.float64)
+    q, k, v = interleaved(q, k, v)
+    assert band_rows(q, axes.hw_shape) == bands
+    q, k, v, s1, s2 = (t.requires_grad_() for t in (q, k, v, s1, s2))
+    lean = polapp_linear_attention(q, k, v, s1, s2, axes)
+    reference = plain(q, k, v, s1, s2, axes)
+    assert relative(lean, reference) < 1e-12
+    upstream = torch.randn_like(reference)
+    for name, g_lean, g_plain in zip('q k v s1 s2'.split(),
+                                     torch.autograd.grad(lean, (q, k, v, s1, s2), upstream),
+                                     torch.autograd.grad(reference, (q, k, v, s1, s2),
+                                                         upstream)):
+        assert relative(g_lean, g_plain) < 1e-12, name
+
+
+def test_lean_core_takes_all_rows_at_once_off_cpu():
+    shape = (1, 2, 200 * 336, 64)
+    assert band_rows(torch.empty(shape, device='meta'), (200, 336)) == [(0, 200)]
+    on_cpu = band_rows(torch.empty(()).expand(shape), (200, 336))
+    assert len(on_cpu) > 1 and on_cpu[0][0] == 0 and on_cpu[-1][1] == 200
 
 
 def test_lean_core_output_merges_heads_without_a_copy():

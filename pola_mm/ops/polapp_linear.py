@@ -78,20 +78,62 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _grid(tokens: Tensor, hw_shape: Tuple[int, int], by_columns: bool) -> Tensor:
-    """(N, x) tokens of one item and head -> (H, W, x) rows or (W, H, x) columns (views)."""
-    grid = tokens.unflatten(0, hw_shape)
+# On CPU the grid is processed a band of rows at a time, each temporary map of a band about
+# this many elements (2 MiB in float32): a band's maps stay in cache from one pass to the
+# next (an 800 x 1344 image's stage-1 map is 17 MB), and they are allocated once per call.
+CPU_BAND_ELEMENTS = 1 << 19
+
+
+class _Band:
+    """Rows ``[top, bottom)`` of a (H, W) grid: its token slice and its reusable buffers."""
+
+    def __init__(self, top: int, bottom: int, width: int):
+        self.top, self.bottom = top, bottom
+        self.tokens = slice(top * width, bottom * width)
+        self.shape = (bottom - top, width)
+
+    def rows(self, t: Tensor) -> Tensor:
+        """The band's tokens of a (B, h, N, x) tensor (a view)."""
+        return t[:, :, self.tokens]
+
+    @staticmethod
+    def buffers(count: int, like: Tensor, dims: Optional[int] = None,
+                dtype: Optional[torch.dtype] = None) -> List[Tensor]:
+        """``count`` empty tensors for the largest band, ``like``'s (a band view) memory
+        order, last dim ``dims``."""
+        return [empty_in_memory_order(like, dims, dtype or like.dtype) for _ in range(count)]
+
+    def fit(self, buffers: List[Tensor]) -> List[Tensor]:
+        """The buffers cut to this band's token count."""
+        return [buffer[:, :, :self.tokens.stop - self.tokens.start] for buffer in buffers]
+
+
+def _bands(x: Tensor, hw_shape: Tuple[int, int]) -> List[_Band]:
+    """The bands of rows of x's (H, W) grid: on CPU of about ``CPU_BAND_ELEMENTS`` per
+    (B, h, band tokens, d) map, elsewhere (one kernel launch per operation and band) all
+    rows at once."""
+    height, width = hw_shape
+    batch, heads, _, dims = x.shape
+    rows = height if x.device.type != 'cpu' else max(
+        1, CPU_BAND_ELEMENTS // (batch * heads * width * dims))
+    return [_Band(top, min(top + rows, height), width) for top in range(0, height, rows)]
+
+
+def _grid(tokens: Tensor, grid_shape: Tuple[int, int], by_columns: bool) -> Tensor:
+    """(n, x) tokens of one item and head -> (rows, W, x) or (W, rows, x) (views)."""
+    grid = tokens.unflatten(0, grid_shape)
     return grid.transpose(0, 1) if by_columns else grid
 
 
-def _per_position(a: Tensor, m: Tensor, hw_shape: Tuple[int, int], by_columns: bool,
+def _per_position(a: Tensor, m: Tensor, grid_shape: Tuple[int, int], by_columns: bool,
                   out: Tensor, accumulate: bool = False) -> Tensor:
-    """``out[i] (+)= a[i] @ m[p(i)]``: (B, h, N, k) tokens times the (B, h, P, k, x)
-    matrix of their row (P = H) or column (P = W) -> ``out`` (B, h, N, x)."""
+    """``out[i] (+)= a[i] @ m[p(i)]``: (B, h, n, k) tokens of a band of rows times the
+    (B, h, P, k, x) matrix of their row (the band's P rows) or column (P = W) -> ``out``
+    (B, h, n, x)."""
     for item in range(a.shape[0]):
         for head in range(a.shape[1]):
-            target = out[item, head].view(*hw_shape, -1)
-            a_grid = _grid(a[item, head], hw_shape, by_columns)
+            target = out[item, head].view(*grid_shape, -1)
+            a_grid = _grid(a[item, head], grid_shape, by_columns)
             if by_columns:
                 product = torch.bmm(a_grid, m[item, head])
                 target.add_(product.transpose(0, 1)) if accumulate else target.copy_(
@@ -103,16 +145,18 @@ def _per_position(a: Tensor, m: Tensor, hw_shape: Tuple[int, int], by_columns: b
     return out
 
 
-def _gram_per_position(a: Tensor, b: Tensor, hw_shape: Tuple[int, int],
-                       by_columns: bool) -> Tensor:
-    """``sum over the tokens i of each row (or column) p of a[i]^T b[i]``: (B, h, N, k)
-    and (B, h, N, x) -> (B, h, P, k, x)."""
-    positions = hw_shape[1] if by_columns else hw_shape[0]
-    out = a.new_empty(a.shape[0], a.shape[1], positions, a.shape[-1], b.shape[-1])
+def _gram_per_position(a: Tensor, b: Tensor, grid_shape: Tuple[int, int], by_columns: bool,
+                       out: Tensor, accumulate: bool = False) -> Tensor:
+    """``out[p] (+)= sum over the band's tokens i of row (or column) p of a[i]^T b[i]``:
+    (B, h, n, k) and (B, h, n, x) -> ``out`` (B, h, P, k, x)."""
     for item in range(a.shape[0]):
         for head in range(a.shape[1]):
-            torch.bmm(_grid(a[item, head], hw_shape, by_columns).transpose(1, 2),
-                      _grid(b[item, head], hw_shape, by_columns), out=out[item, head])
+            a_grid = _grid(a[item, head], grid_shape, by_columns).transpose(1, 2)
+            b_grid = _grid(b[item, head], grid_shape, by_columns)
+            if accumulate:
+                out[item, head].baddbmm_(a_grid, b_grid)
+            else:
+                torch.bmm(a_grid, b_grid, out=out[item, head])
     return out
 
 
@@ -154,16 +198,27 @@ class _KeyStatistics(torch.autograd.Function):
         ctx.save_for_backward(k, v)
         ctx.hw_shape = hw_shape
         dtype = compute_dtype(k)
-        k, v = k.to(dtype), v.to(dtype)
-        pos, neg, _ = _KeyStatistics._maps(k)
-        return (_gram_per_position(pos, v, hw_shape, False),
-                _gram_per_position(neg, v, hw_shape, True),
-                pos.mean(dim=-2, keepdim=True), neg.mean(dim=-2, keepdim=True))
+        (batch, heads, tokens, dims), (height, width) = k.shape, hw_shape
+        rows_kv = k.new_empty(batch, heads, height, dims, dims, dtype=dtype)
+        cols_kv = k.new_empty(batch, heads, width, dims, dims, dtype=dtype)
+        sums = k.new_zeros(2, batch, heads, 1, dims, dtype=dtype)
+        bands = _bands(k, hw_shape)
+        buffers = _Band.buffers(3, bands[0].rows(k), dtype=dtype)
+        for index, band in enumerate(bands):
+            keys, values = band.rows(k).to(dtype), band.rows(v).to(dtype)
+            pos, neg, _ = _KeyStatistics._maps(keys, band.fit(buffers))
+            _gram_per_position(pos, values, band.shape, False,
+                               rows_kv[:, :, band.top:band.bottom])
+            _gram_per_position(neg, values, band.shape, True, cols_kv, index > 0)
+            sums[0] += pos.sum(dim=-2, keepdim=True)
+            sums[1] += neg.sum(dim=-2, keepdim=True)
+        sums /= tokens
+        return rows_kv, cols_kv, sums[0], sums[1]
 
     @staticmethod
-    def _maps(k: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """``relu(u)``, ``relu(-u)`` and ``exp(|k|)`` in k's memory order."""
-        exp, pos, neg = (empty_in_memory_order(k, dtype=k.dtype) for _ in range(3))
+    def _maps(k: Tensor, buffers: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        """``relu(u)``, ``relu(-u)`` and ``exp(|k|)`` in the three buffers."""
+        exp, pos, neg = buffers
         _polarity_maps(k, torch.abs(k, out=neg), None, None, exp, pos, neg)
         return pos, neg, exp
 
@@ -172,20 +227,28 @@ class _KeyStatistics(torch.autograd.Function):
         k_in, v_in = ctx.saved_tensors
         hw_shape, tokens = ctx.hw_shape, k_in.shape[-2]
         dtype = compute_dtype(k_in)
-        k, v = k_in.to(dtype), v_in.to(dtype)
-        pos, neg, exp = _KeyStatistics._maps(k)
         grad_rows, grad_cols = grad_rows.to(dtype), grad_cols.to(dtype)
-        grad_v = _per_position(pos, grad_rows, hw_shape, False,
-                               empty_in_memory_order(v, dtype=dtype))
-        _per_position(neg, grad_cols, hw_shape, True, grad_v, accumulate=True)
-        grad_pos, grad_neg = (
-            _per_position(v, grad.transpose(-2, -1), hw_shape, by_columns,
-                          empty_in_memory_order(k, dtype=dtype)).add_(grad_mean / tokens)
-            for grad, grad_mean, by_columns in ((grad_rows, grad_pos_mean, False),
-                                                (grad_cols, grad_neg_mean, True)))
-        # u = sign(k) (exp(|k|) - 1): du/dk = exp(|k|)
-        grad_k = _polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
-        return grad_k.to(k_in.dtype), grad_v.to(v_in.dtype), None
+        grad_means = [grad / tokens for grad in (grad_pos_mean, grad_neg_mean)]
+        grad_k = empty_in_memory_order(k_in, dtype=k_in.dtype)
+        grad_v = empty_in_memory_order(v_in, dtype=dtype)
+        bands = _bands(k_in, hw_shape)
+        buffers = _Band.buffers(5, bands[0].rows(k_in), dtype=dtype)
+        for band in bands:
+            keys, values = band.rows(k_in).to(dtype), band.rows(v_in).to(dtype)
+            exp, pos, neg, grad_pos, grad_neg = band.fit(buffers)
+            pos, neg, exp = _KeyStatistics._maps(keys, [exp, pos, neg])
+            band_rows = grad_rows[:, :, band.top:band.bottom]
+            band_grad_v = band.rows(grad_v)
+            _per_position(pos, band_rows, band.shape, False, band_grad_v)
+            _per_position(neg, grad_cols, band.shape, True, band_grad_v, accumulate=True)
+            _per_position(values, band_rows.transpose(-2, -1), band.shape, False,
+                          grad_pos).add_(grad_means[0])
+            _per_position(values, grad_cols.transpose(-2, -1), band.shape, True,
+                          grad_neg).add_(grad_means[1])
+            # u = sign(k) (exp(|k|) - 1): du/dk = exp(|k|)
+            torch.mul(_polarity_backward_(grad_pos, grad_neg, pos, neg), exp,
+                      out=band.rows(grad_k))
+        return grad_k, grad_v.to(v_in.dtype), None
 
 
 class _QueryOutput(torch.autograd.Function):
@@ -200,27 +263,42 @@ class _QueryOutput(torch.autograd.Function):
     normaliser."""
 
     @staticmethod
+    def _blocks(row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg,
+                band: _Band):
+        """Per block: (by_columns, mid, half, pos matrices, neg matrices) for the band."""
+        rows = slice(band.top, band.bottom)
+        return ((False, row_mid, row_half, row_pos[:, :, rows], row_neg[:, :, rows]),
+                (True, col_mid, col_half, col_pos, col_neg))
+
+    @staticmethod
     def forward(ctx, q, row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos,
                 col_neg, hw_shape, eps):
-        q32 = q.to(compute_dtype(q))
+        dtype = compute_dtype(q)
         batch, heads, tokens, dims = q.shape
         half_dims = dims // 2
-        magnitude, exp, pos, neg = (empty_in_memory_order(q32, dtype=q32.dtype)
-                                    for _ in range(4))
-        torch.abs(q32, out=magnitude)
-        sums = [q32.new_empty(batch, heads, tokens, half_dims + 1) for _ in range(2)]
-        for block, (mid, half, m_pos, m_neg) in enumerate(
-                ((row_mid, row_half, row_pos, row_neg), (col_mid, col_half, col_pos, col_neg))):
-            _polarity_maps(q32, magnitude, mid, half, exp, pos, neg)
-            by_columns = block == 1
-            _per_position(pos, m_pos, hw_shape, by_columns, sums[block], by_columns)
-            _per_position(neg, m_neg, hw_shape, by_columns, sums[1 - block], by_columns)
-        del magnitude, exp, pos, neg
-        norms = torch.stack([total[..., half_dims] for total in sums], dim=-1).add_(eps)
-        out = q32.new_empty(batch, tokens, heads, dims).transpose(1, 2)
-        for stream, total in enumerate(sums):
-            torch.div(total[..., :half_dims], norms[..., stream:stream + 1],
-                      out=out[..., stream * half_dims:(stream + 1) * half_dims])
+        out = q.new_empty(batch, tokens, heads, dims, dtype=dtype).transpose(1, 2)
+        norms = q.new_empty(batch, heads, tokens, 2, dtype=dtype)
+        bands = _bands(q, hw_shape)
+        maps = _Band.buffers(4, bands[0].rows(q), dtype=dtype)
+        sums = _Band.buffers(2, bands[0].rows(q), half_dims + 1, dtype)
+        for band in bands:
+            queries = band.rows(q).to(dtype)
+            magnitude, exp, pos, neg = band.fit(maps)
+            band_sums = band.fit(sums)
+            torch.abs(queries, out=magnitude)
+            for by_columns, mid, half, m_pos, m_neg in _QueryOutput._blocks(
+                    row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg,
+                    band):
+                _polarity_maps(queries, magnitude, mid, half, exp, pos, neg)
+                _per_position(pos, m_pos, band.shape, by_columns, band_sums[by_columns],
+                              by_columns)
+                _per_position(neg, m_neg, band.shape, by_columns, band_sums[not by_columns],
+                              by_columns)
+            band_norms, band_out = band.rows(norms), band.rows(out)
+            for stream, total in enumerate(band_sums):
+                torch.add(total[..., half_dims], eps, out=band_norms[..., stream])
+                torch.div(total[..., :half_dims], band_norms[..., stream:stream + 1],
+                          out=band_out[..., stream * half_dims:(stream + 1) * half_dims])
         ctx.save_for_backward(q, row_mid, row_half, col_mid, col_half, row_pos, row_neg,
                               col_pos, col_neg, out, norms)
         ctx.hw_shape = hw_shape
@@ -230,57 +308,68 @@ class _QueryOutput(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg, out, \
             norms = ctx.saved_tensors
-        hw_shape = ctx.hw_shape
-        q32 = q.to(compute_dtype(q))
-        grad_sums = _QueryOutput._grad_sums(grad_out.to(q32.dtype), out, norms)
-        magnitude = torch.abs(q32, out=empty_in_memory_order(q32, dtype=q32.dtype))
-        exp, pos, neg, grad_pos, grad_neg = (empty_in_memory_order(q32, dtype=q32.dtype)
-                                             for _ in range(5))
-        grad_mids: List[Tensor] = []
-        grad_halves: List[Tensor] = []
-        grad_matrices: List[Tensor] = []
-        grad_by_mid = grad_by_half = None
-        for block, (mid, half, m_pos, m_neg) in enumerate(
-                ((row_mid, row_half, row_pos, row_neg), (col_mid, col_half, col_pos, col_neg))):
-            by_columns = block == 1
-            pos_sums, neg_sums = grad_sums[block], grad_sums[1 - block]
-            _polarity_maps(q32, magnitude, mid, half, exp, pos, neg)
-            grad_matrices += [_gram_per_position(pos, pos_sums, hw_shape, by_columns),
-                              _gram_per_position(neg, neg_sums, hw_shape, by_columns)]
-            _per_position(pos_sums, m_pos.transpose(-2, -1), hw_shape, by_columns, grad_pos)
-            _per_position(neg_sums, m_neg.transpose(-2, -1), hw_shape, by_columns, grad_neg)
-            # d(signed) -> d(exp) = d(signed) sign(q) -> d(argument) = that * exp; with
-            # sign(q)^2 = 1, weighted = d(signed) * exp gives dq = weighted (mid +
-            # sign(q) half), d mid = sum weighted q, d half = sum weighted |q|
-            weighted = _polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
-            grad_mids.append(torch.linalg.vecdot(weighted, q32, dim=2))
-            grad_halves.append(torch.linalg.vecdot(weighted, magnitude, dim=2))
-            if grad_by_mid is None:
-                grad_by_mid, grad_by_half = weighted * mid, weighted * half
-            else:
-                grad_by_mid.addcmul_(weighted, mid)
-                grad_by_half.addcmul_(weighted, half)
-        del exp, pos, grad_pos, grad_neg, magnitude
-        grad_q = grad_by_mid.addcmul_(grad_by_half, torch.sign(q32, out=neg))
-        scale_grads = [grad.unsqueeze(2).sum_to_size(param.shape) for grad, param in zip(
-            (grad_mids[0], grad_halves[0], grad_mids[1], grad_halves[1]),
-            (row_mid, row_half, col_mid, col_half))]
-        return (grad_q.to(q.dtype), *scale_grads, *grad_matrices, None, None)
+        hw_shape, dtype = ctx.hw_shape, compute_dtype(q)
+        half_dims = q.shape[-1] // 2
+        grad_q = empty_in_memory_order(q, dtype=q.dtype)
+        grad_matrices = [torch.empty_like(row_pos), torch.empty_like(row_neg),
+                         torch.empty_like(col_pos), torch.empty_like(col_neg)]
+        scale_grads = q.new_zeros(4, q.shape[0], q.shape[1], q.shape[-1], dtype=dtype)
+        bands = _bands(q, hw_shape)
+        maps = _Band.buffers(8, bands[0].rows(q), dtype=dtype)
+        sums = _Band.buffers(2, bands[0].rows(q), half_dims + 1, dtype)
+        for index, band in enumerate(bands):
+            queries = band.rows(q).to(dtype)
+            magnitude, exp, pos, neg, grad_pos, grad_neg, by_mid, by_half = band.fit(maps)
+            grad_sums = _QueryOutput._grad_sums(band.rows(grad_out).to(dtype), band.rows(out),
+                                                band.rows(norms), band.fit(sums))
+            torch.abs(queries, out=magnitude)
+            for by_columns, mid, half, m_pos, m_neg in _QueryOutput._blocks(
+                    row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg,
+                    band):
+                pos_sums, neg_sums = grad_sums[by_columns], grad_sums[not by_columns]
+                _polarity_maps(queries, magnitude, mid, half, exp, pos, neg)
+                rows = slice(None) if by_columns else slice(band.top, band.bottom)
+                accumulate = by_columns and index > 0
+                for features, grads, target in ((pos, pos_sums, 2 * by_columns),
+                                                (neg, neg_sums, 2 * by_columns + 1)):
+                    _gram_per_position(features, grads, band.shape, by_columns,
+                                       grad_matrices[target][:, :, rows], accumulate)
+                _per_position(pos_sums, m_pos.transpose(-2, -1), band.shape, by_columns,
+                              grad_pos)
+                _per_position(neg_sums, m_neg.transpose(-2, -1), band.shape, by_columns,
+                              grad_neg)
+                # d(signed) -> d(exp) = d(signed) sign(q) -> d(argument) = that * exp; with
+                # sign(q)^2 = 1, weighted = d(signed) * exp gives dq = weighted (mid +
+                # sign(q) half), d mid = sum weighted q, d half = sum weighted |q|
+                weighted = _polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
+                scale_grads[2 * by_columns] += torch.linalg.vecdot(weighted, queries, dim=2)
+                scale_grads[2 * by_columns + 1] += torch.linalg.vecdot(weighted, magnitude,
+                                                                       dim=2)
+                if by_columns:
+                    by_mid.addcmul_(weighted, mid)
+                    by_half.addcmul_(weighted, half)
+                else:
+                    torch.mul(weighted, mid, out=by_mid)
+                    torch.mul(weighted, half, out=by_half)
+            torch.addcmul(by_mid, by_half, torch.sign(queries, out=magnitude),
+                          out=band.rows(grad_q))
+        scale_grads = [grad.unsqueeze(2).sum_to_size(param.shape).to(param.dtype)
+                       for grad, param in zip(scale_grads, (row_mid, row_half, col_mid,
+                                                            col_half))]
+        return (grad_q, *scale_grads, *grad_matrices, None, None)
 
     @staticmethod
-    def _grad_sums(grad_out: Tensor, out: Tensor, norms: Tensor) -> List[Tensor]:
-        """Gradients (B, h, N, d/2 + 1) of the two streams' numerators and normalisers."""
-        batch, heads, tokens, dims = out.shape
-        half_dims = dims // 2
-        grads = []
-        for stream in range(2):
+    def _grad_sums(grad_out: Tensor, out: Tensor, norms: Tensor,
+                   buffers: List[Tensor]) -> List[Tensor]:
+        """Gradients (B, h, n, d/2 + 1) of the two streams' numerators and normalisers, in
+        the two buffers."""
+        half_dims = out.shape[-1] // 2
+        for stream, grad in enumerate(buffers):
             part = slice(stream * half_dims, (stream + 1) * half_dims)
             inverse = norms[..., stream:stream + 1].reciprocal()
-            grad = grad_out.new_empty(batch, heads, tokens, half_dims + 1)
             torch.mul(grad_out[..., part], inverse, out=grad[..., :half_dims])
             grad[..., half_dims].copy_((grad[..., :half_dims] * out[..., part]).sum(-1)).neg_()
-            grads.append(grad)
-        return grads
+        return buffers
 
 
 def _rotate(m: Tensor, cos: Tensor, sin: Tensor, inverse: bool = False) -> Tensor:
