@@ -10,16 +10,19 @@ and does nothing else. It runs, in order:
    hands them over); IEEE products, and TF32 with
    ``torch.set_float32_matmul_precision('high')``. Relative error against float64
    (fp32, IEEE), else against the reference on the same inputs.
-2. ``backbones``: every released architecture's backbone at its pretraining size, batch 2,
+2. ``backbones``: every released PolaFormer backbone at its pretraining size, batch 2,
    forward and backward with ``attn_impl='triton'`` against ``'torch'`` on the same
    weights, in fp32: relative error of the four outputs, of all parameter gradients
    together and of each Pola layer's ``power`` and ``scale`` gradients.
-3. ``training``: 50 iterations of the demo detector
+3. ``polapp``: every released PolaFormer++ backbone at 224, batch 2, forward and backward
+   with its lean PyTorch core (``attn_impl='torch'``) against the plain official math
+   (``'reference'``) on the same weights, in fp32, with the same figures.
+4. ``training``: 50 iterations of the demo detector
    (``configs/demo/fcos_pola-pvt-mini_shapes-256.py``, generated shapes data) under AMP
    (``AmpOptimWrapper``, fp16 by default) with the default ``attn_impl='auto'``: every loss
    finite, the mean of the last 10 below that of the first 10, and every kernel
    configuration verified (none fell back to PyTorch).
-4. ``benchmark``: ``tools/analysis/benchmark.py``'s stage-1 attention and backbone rows at
+5. ``benchmark``: ``tools/analysis/benchmark.py``'s stage-1 attention and backbone rows at
    detection size (2 images of 800 x 1344, bf16 autocast), printed as its table.
 
 Then prints one table (check, result, worst figure, seconds) and writes everything to a
@@ -27,7 +30,7 @@ JSON file. Exits 1 when a check fails.
 
 Usage::
 
-    python tools/analysis/gpu_check.py                        # all four, JSON to work_dirs/
+    python tools/analysis/gpu_check.py                        # all five, JSON to work_dirs/
     python tools/analysis/gpu_check.py --skip benchmark --json /tmp/gpu_check.json
 """
 import argparse
@@ -48,7 +51,7 @@ from mmengine.logging import print_log
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-CHECKS = ('kernels', 'backbones', 'training', 'benchmark')
+CHECKS = ('kernels', 'backbones', 'polapp', 'training', 'benchmark')
 DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'fcos_pola-pvt-mini_shapes-256.py'
 # (batch, heads, queries, keys, chunk): odd token counts, several chunks, keys != queries
 KERNEL_SHAPES = [(2, 3, 333, 333, 256), (1, 2, 97, 70, 32), (2, 5, 1000, 250, 256)]
@@ -113,18 +116,19 @@ def check_kernels(device: torch.device) -> Dict:
             'figure': f'worst error {worst:.2f} of its tolerance'}
 
 
-def check_backbones(device: torch.device) -> Dict:
-    """Every released PolaFormer backbone (the family with Triton kernels), 'triton'
-    against 'torch' on the same weights (fp32)."""
+def compare_backbones(device: torch.device, families, impls, core_params) -> Dict:
+    """Every released backbone of ``families``, ``impls[0]`` against ``impls[1]`` on the same
+    weights (fp32): the four outputs, all parameter gradients together and each core
+    parameter's gradient (names ending in ``core_params``)."""
     from pola_mm.models import released_backbone
-    from pola_mm.variants import RELEASED, V1_FAMILIES
+    from pola_mm.variants import RELEASED
     models = {}
-    for model in (m for m in RELEASED if m.family in V1_FAMILIES):
+    for model in (m for m in RELEASED if m.family in families):
         torch.manual_seed(0)
         image = torch.randn(2, 3, model.img_size, model.img_size, device=device)
         results = []
         state = None
-        for impl in ('triton', 'torch'):
+        for impl in impls:
             backbone = released_backbone(model.name, attn_impl=impl, drop_path_rate=0.)
             if state is None:  # weights away from their init, where the core's are ~0
                 with torch.no_grad():
@@ -141,18 +145,33 @@ def check_backbones(device: torch.device) -> Dict:
             del backbone
         (outs, grads), (ref_outs, ref_grads) = results
         # the outputs, all parameter gradients together (single ones can be ~0 and all
-        # rounding), and the core's own parameters (their gradients come from the kernels)
+        # rounding), and the core's own parameters (their gradients come from the core)
         names = sorted(ref_grads)
         errors = [relative_error(a, b) for a, b in zip(outs, ref_outs)]
         errors.append(relative_error(torch.cat([grads[name].flatten() for name in names]),
                                      torch.cat([ref_grads[name].flatten() for name in names])))
         errors += [relative_error(grads[name], ref_grads[name]) for name in names
-                   if name.endswith(('attn.power', 'attn.scale'))]
+                   if name.endswith(core_params)]
         models[model.name] = {'error': max(errors), 'passed': max(errors) < BACKBONE_TOLERANCE
                               and sorted(grads) == names}
     worst = max(result['error'] for result in models.values())
     return {'passed': all(r['passed'] for r in models.values()), 'models': models,
             'figure': f'worst relative error {worst:.1e} (bar {BACKBONE_TOLERANCE:g})'}
+
+
+def check_backbones(device: torch.device) -> Dict:
+    """Every released PolaFormer backbone (the family with Triton kernels), 'triton'
+    against 'torch'."""
+    from pola_mm.variants import V1_FAMILIES
+    return compare_backbones(device, V1_FAMILIES, ('triton', 'torch'),
+                             ('attn.power', 'attn.scale'))
+
+
+def check_polapp(device: torch.device) -> Dict:
+    """Every released PolaFormer++ backbone: its lean PyTorch core ('torch', all rows at
+    once off CPU) against the plain official math ('reference')."""
+    from pola_mm.variants import POLAPP
+    return compare_backbones(device, (POLAPP, ), ('torch', 'reference'), ('attn.s1', 'attn.s2'))
 
 
 def check_training(device: torch.device, work_dir: str, iters: int, amp_dtype: str) -> Dict:
@@ -237,6 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as work_dir:
         runs = {'kernels': lambda: check_kernels(device),
                 'backbones': lambda: check_backbones(device),
+                'polapp': lambda: check_polapp(device),
                 'training': lambda: check_training(device, work_dir, args.iters,
                                                    args.amp_dtype),
                 'benchmark': check_benchmark}
