@@ -76,7 +76,7 @@ class DepthwiseConv2d(nn.Conv2d):
         return depthwise_conv2d(x, self.weight, self.bias)
 
 
-class HeadSharedDepthwiseConv2d(nn.Conv2d):
+class HeadSharedDepthwiseConv2d(DepthwiseConv2d):
     """Depthwise 'same' convolution of ``num_heads`` blocks of ``head_dims`` channels with
     one (head_dims, 1, k, k) kernel and (head_dims,) bias shared by all blocks.
 
@@ -92,9 +92,7 @@ class HeadSharedDepthwiseConv2d(nn.Conv2d):
     """
 
     def __init__(self, head_dims: int, kernel_size: int, num_heads: int):
-        check_odd_kernel((kernel_size, kernel_size))
-        super().__init__(head_dims, head_dims, kernel_size, padding=kernel_size // 2,
-                         groups=head_dims)
+        super().__init__(head_dims, kernel_size)
         self.num_heads = num_heads
 
     def forward(self, x: Tensor) -> Tensor:

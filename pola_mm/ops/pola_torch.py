@@ -93,10 +93,11 @@ def _neg_part(signed: Tensor, out: Optional[Tensor] = None) -> Tensor:
     return torch.neg(signed, out=out).clamp_(min=0)
 
 
-def _polarity_backward_(grad_pos: Tensor, grad_neg: Tensor, signed: Tensor,
-                        neg_part: Tensor) -> Tensor:
+def polarity_backward_(grad_pos: Tensor, grad_neg: Tensor, signed: Tensor,
+                       neg_part: Tensor) -> Tensor:
     """Gradient reaching ``s`` from ``relu(s)`` (``grad_pos``) and ``relu(-s)``
-    (``grad_neg``), each where its relu passes, written into ``grad_pos``.
+    (``grad_neg``), each where its relu passes, written into ``grad_pos``; ``signed`` may
+    be ``s`` or ``relu(s)`` (the same test, > 0), ``neg_part`` is ``relu(-s)``.
 
     relu's own adjoint (``threshold_backward``) rather than ``torch.where``, which is
     several times slower on CPU."""
@@ -182,7 +183,7 @@ class KeyStatistics(torch.autograd.Function):
                             out=empty_in_memory_order(signed)).add_(grad_pos_mean / num_keys)
             grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1),
                             out=empty_in_memory_order(signed)).add_(grad_neg_mean / num_keys)
-            grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
+            grad_signed = polarity_backward_(grad_pos, grad_neg, signed, neg_part)
             del grad_neg, neg_part, part
             grad_k, grad_power = signed_power_backward_(k, signed, power32, grad_signed)
             grad_k = grad_k.to(k.dtype)
@@ -255,7 +256,7 @@ class QueryOutput(torch.autograd.Function):
             grad_neg = _bmm(grad_mixed, bottom.transpose(-2, -1),
                             out=empty_in_memory_order(signed))
             del grad_mixed
-            grad_signed = _polarity_backward_(grad_pos, grad_neg, signed, neg_part)
+            grad_signed = polarity_backward_(grad_pos, grad_neg, signed, neg_part)
             del grad_neg, neg_part, part
             grad_q, grad_power = signed_power_backward_(q, signed, power32, grad_signed)
             grad_q = grad_q.to(q.dtype)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .pola_reference import plain_polapp_linear_attention
-from .pola_torch import empty_in_memory_order
+from .pola_torch import empty_in_memory_order, polarity_backward_
 from .rope import AxisTables, expand_axes, rotate_pairs
 
 POLAPP_ATTENTION_IMPLS = ('auto', 'torch', 'reference')
@@ -177,16 +177,6 @@ def _polarity_maps(x: Tensor, magnitude: Tensor, mid: Optional[Tensor],
     return pos_out, excess.sub_(pos_out)
 
 
-def _polarity_backward_(grad_pos: Tensor, grad_neg: Tensor, pos: Tensor,
-                        neg: Tensor) -> Tensor:
-    """Gradient to ``u`` of ``pos = relu(u)`` and ``neg = relu(-u)`` given theirs, written
-    into ``grad_pos`` (relu's own adjoint, several times faster on CPU than ``where``)."""
-    threshold_backward = torch.ops.aten.threshold_backward.grad_input
-    threshold_backward(grad_pos, pos, 0, grad_input=grad_pos)
-    threshold_backward(grad_neg, neg, 0, grad_input=grad_neg)
-    return grad_pos.sub_(grad_neg)
-
-
 class _KeyStatistics(torch.autograd.Function):
     """(k, v) -> ``S_row`` (B, h, H, d, d), the sum over each row's tokens of
     ``relu(u)^T v``; ``S_col`` (B, h, W, d, d), over each column's of ``relu(-u)^T v``;
@@ -246,7 +236,7 @@ class _KeyStatistics(torch.autograd.Function):
             _per_position(values, grad_cols.transpose(-2, -1), band.shape, True,
                           grad_neg).add_(grad_means[1])
             # u = sign(k) (exp(|k|) - 1): du/dk = exp(|k|)
-            torch.mul(_polarity_backward_(grad_pos, grad_neg, pos, neg), exp,
+            torch.mul(polarity_backward_(grad_pos, grad_neg, pos, neg), exp,
                       out=band.rows(grad_k))
         return grad_k, grad_v.to(v_in.dtype), None
 
@@ -341,7 +331,7 @@ class _QueryOutput(torch.autograd.Function):
                 # d(signed) -> d(exp) = d(signed) sign(q) -> d(argument) = that * exp; with
                 # sign(q)^2 = 1, weighted = d(signed) * exp gives dq = weighted (mid +
                 # sign(q) half), d mid = sum weighted q, d half = sum weighted |q|
-                weighted = _polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
+                weighted = polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
                 scale_grads[2 * by_columns] += torch.linalg.vecdot(weighted, queries, dim=2)
                 scale_grads[2 * by_columns + 1] += torch.linalg.vecdot(weighted, magnitude,
                                                                        dim=2)
