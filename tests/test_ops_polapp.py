@@ -148,12 +148,15 @@ def test_bad_inputs_are_named():
 
 
 def test_axis_tables_expand_to_the_token_tables():
+    """The row and column tables, spread over the grid, equal the per-token tables
+    computed from each token's own phases ``[row * angle | column * angle]``."""
     axes = RotaryTable(16).axes((3, 5))
     assert [tuple(t.shape) for t in axes] == [(3, 8), (3, 8), (5, 8), (5, 8)]
-    cos, sin = RotaryTable(16)((3, 5))
-    assert torch.equal((cos, sin)[0], expand_axes(axes)[0])
-    token = 2 * 5 + 3  # row 2, column 3
-    assert torch.equal(sin[token], torch.cat([axes.row_sin[2], axes.col_sin[3]]))
+    rows, cols = torch.meshgrid(torch.arange(3.), torch.arange(5.), indexing='ij')
+    angle = rope_angles(16)
+    phase = torch.cat([rows.reshape(-1, 1) * angle, cols.reshape(-1, 1) * angle], dim=-1)
+    cos, sin = expand_axes(axes)
+    assert torch.equal(cos, phase.cos()) and torch.equal(sin, phase.sin())
 
 
 def test_rotary_frequencies_and_layout():
