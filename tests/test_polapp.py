@@ -8,6 +8,7 @@ from torch import nn
 
 from pola_mm.checkpoint import load_pretrained_backbone, read_checkpoint
 from pola_mm.models import PolaPP
+from pola_mm.models.polapp_attention import PolaPPLinearAttention
 from pola_mm.variants import ARCHS, POLAPP
 from training_file import save_training_file
 
@@ -82,6 +83,24 @@ def test_reference_core_gives_the_same_backbone():
     with torch.no_grad():
         for a, b in zip(lean(image), plain(image)):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_lepe_convolves_a_channels_last_view_of_the_values(batch):
+    """No transposing copy before or after the lepe convolution: its input is a view of
+    the projected values, channels-last for oneDNN also at batch 1."""
+    model = tiny()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, PolaPPLinearAttention):
+            module.lepe.register_forward_hook(
+                lambda _, args, out: seen.append((args[0], out)))
+    model(torch.randn(batch, 3, 64, 96))
+    assert seen
+    for values, out in seen:
+        assert values._base is not None  # a view
+        assert values.is_contiguous(memory_format=torch.channels_last)
+        assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize('frozen_stages', [0, 1, 3])

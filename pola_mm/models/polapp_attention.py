@@ -53,12 +53,15 @@ class _GatedAttention(nn.Module):
         q, k, v, gate = (torch.baddbmm(bias, tokens, weight.t().expand(batch, -1, -1))
                          for weight, bias in zip(projection.weight.chunk(4),
                                                  projection.bias.chunk(4)))
-        lepe = self.lepe(v.transpose(1, 2).reshape(batch, channels, height, width))
+        # (B, C, H, W) channels-last views of the (B, N, C) tokens, in and out: no copy,
+        # and oneDNN convolves channels-last maps directly (transpose-reshape views would
+        # do the same only for B > 1: at B = 1 their batch stride is not channels-last's)
+        lepe = self.lepe(v.view(batch, height, width, channels).permute(0, 3, 1, 2))
         # reshape, not unflatten: the TorchScript ONNX exporter fixes the token count of
         # an unflatten's output, and with it the 1 / N of the linear attention
         heads = [t.reshape(batch, height * width, self.num_heads, self.head_dims)
                  .transpose(1, 2) for t in (q, k, v)]
-        return (*heads, gate, lepe.flatten(2).transpose(1, 2))
+        return (*heads, gate, lepe.permute(0, 2, 3, 1).reshape(batch, height * width, channels))
 
     def _output(self, attended: Tensor, gate: Tensor, lepe: Tensor,
                 hw_shape: Tuple[int, int]) -> Tensor:
@@ -66,7 +69,7 @@ class _GatedAttention(nn.Module):
         out = attended.transpose(1, 2).flatten(2)  # (B, N, C)
         out = self.proj((out + lepe) * gate)
         batch, _, channels = out.shape
-        return out.transpose(1, 2).reshape(batch, channels, *hw_shape)
+        return out.view(batch, *hw_shape, channels).permute(0, 3, 1, 2)
 
 
 class PolaPPLinearAttention(_GatedAttention):
@@ -81,8 +84,9 @@ class PolaPPLinearAttention(_GatedAttention):
     Args:
         embed_dims (int): channels C.
         num_heads (int): heads h; C / h must be a multiple of 4.
-        attn_impl (str): the core's implementation: 'auto' / 'torch' (lean PyTorch path)
-            or 'reference' (the plain form, for checks).
+        attn_impl (str): the core's implementation: 'auto' (the lean PyTorch path, its
+            elementwise steps compiled on CPU for large maps), 'torch' (the lean path,
+            eager) or 'reference' (the plain form, for checks).
     """
 
     gate_name = 'g'
