@@ -30,7 +30,8 @@ def test_benchmark_quick_prints_side_by_side_table():
     for case in ('core plain', 'core lean', 'mmdet ShiftWindowMSA w7', 'mmdet SRA sr8',
                  'pola_mm softmax window w7 shift 3', 'pola (lean core)', 'pola (plain core)',
                  'mmdet SwinTransformer', 'PolaSwinTransformer (lean core)', 'mmdet PVT-T',
-                 'PolaPVT (lean core)', 'polapp (plain core)', 'polapp (lean core)',
+                 'PolaPVT (lean core)', 'polapp (plain core)', 'polapp (lean core, eager)',
+                 'polapp (lean core, fused)',
                  'mmdet PVTv2-b2', 'PolaPP-b2 (lean core)'):
         assert f'| {case} |' in out, case
     assert 'fwd+bwd det / half-det (4x pixels)' in out

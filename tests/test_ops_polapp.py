@@ -1,9 +1,12 @@
 """The PolaFormer++ linear-attention core and its rotary tables: the lean path against the
 plain form of the authors' math, precision under half inputs, bad input."""
+import warnings
+
 import pytest
 import torch
 
-from pola_mm.ops import plain_polapp_linear_attention, polapp_linear, polapp_linear_attention
+from pola_mm.ops import (cpu_fusion, plain_polapp_linear_attention, polapp_linear,
+                         polapp_linear_attention, polapp_steps)
 from pola_mm.ops.rope import AxisTables, RotaryTable, apply_rope, expand_axes, rope_angles
 
 
@@ -56,7 +59,7 @@ def test_lean_core_matches_the_plain_form_with_gradients(batch, heads, hw, dims,
 
 
 def band_rows(x, hw_shape):
-    return [(band.top, band.bottom) for band in polapp_linear._bands(x, hw_shape)]
+    return [(band.top, band.bottom) for band in polapp_linear._bands(x, hw_shape, False)]
 
 
 @pytest.mark.parametrize('band_elements, bands', [(100, [(0, 2), (2, 4), (4, 5)]),
@@ -78,6 +81,80 @@ def test_lean_core_in_bands_of_rows_matches_the_plain_form(monkeypatch, band_ele
                                      torch.autograd.grad(reference, (q, k, v, s1, s2),
                                                          upstream)):
         assert relative(g_lean, g_plain) < 1e-12, name
+
+
+def lean_against_plain(args, tolerance):
+    """The lean core's output and gradients against the plain form's."""
+    q, k, v, s1, s2, axes = args
+    q, k, v, s1, s2 = (t.detach().requires_grad_() for t in (q, k, v, s1, s2))
+    lean = polapp_linear_attention(q, k, v, s1, s2, axes)
+    reference = plain(q, k, v, s1, s2, axes)
+    assert lean.dtype == q.dtype and relative(lean, reference) < tolerance
+    upstream = torch.randn_like(reference)
+    for name, g_lean, g_plain in zip('q k v s1 s2'.split(),
+                                     torch.autograd.grad(lean, (q, k, v, s1, s2), upstream),
+                                     torch.autograd.grad(reference, (q, k, v, s1, s2),
+                                                         upstream)):
+        assert relative(g_lean, g_plain) < tolerance, name
+
+
+@pytest.fixture
+def fused_everywhere(monkeypatch):
+    """Fused steps for any size, in bands of 2 rows of the (5, 3) grids below."""
+    monkeypatch.setattr(polapp_linear, 'FUSE_MIN_ELEMENTS', 0)
+    monkeypatch.setattr(polapp_linear, 'FUSED_BAND_ELEMENTS', 2 * 3 * 2 * 8)
+    monkeypatch.setattr(cpu_fusion, '_failure', [])
+
+
+@pytest.mark.parametrize('dtype, tolerance, heads_interleaved', [
+    (torch.float64, 1e-12, False), (torch.float32, 1e-5, True)])
+def test_fused_steps_match_the_plain_form(fused_everywhere, dtype, tolerance,
+                                          heads_interleaved):
+    """attn_impl='auto' on CPU compiles the elementwise steps (torch.compile); over several
+    bands, the last one shorter, they give the plain form's output and gradients."""
+    q, k, v, s1, s2, axes = inputs(2, 2, (5, 3), 8, dtype)
+    if heads_interleaved:
+        q, k, v = interleaved(q, k, v)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)  # no fallback to the eager steps
+        lean_against_plain((q, k, v, s1, s2, axes), tolerance)
+    for step in (polapp_steps.key_maps, polapp_steps.key_grad, polapp_steps.query_maps,
+                 polapp_steps.query_grad):
+        assert step._compiled is not None, step.__name__
+
+
+def test_failing_fused_steps_warn_once_and_run_eagerly(fused_everywhere, monkeypatch):
+    """A compilation that fails (here: a fused step that raises) gives one warning naming
+    the error and attn_impl='torch'; forward and backward are run again eagerly, with the
+    plain form's numbers, and later calls run eagerly without a warning."""
+    def no_compiler(*args):
+        raise RuntimeError('no C++ compiler found')
+
+    monkeypatch.setattr(polapp_steps.query_grad, '_compiled', no_compiler)
+    args = inputs(1, 2, (5, 3), 8, torch.float64)
+    with pytest.warns(RuntimeWarning, match="(?s)RuntimeError: no C\\+\\+ compiler found.*"
+                      "attn_impl='torch'") as caught:
+        lean_against_plain(args, 1e-12)
+    assert len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)
+        lean_against_plain(args, 1e-12)
+
+
+@pytest.mark.parametrize('impl, min_elements, fused', [
+    ('auto', 0, True), ('auto', 2 * 15 * 8 + 1, False), ('torch', 0, False)])
+def test_steps_are_fused_for_large_maps_with_auto_only(monkeypatch, impl, min_elements, fused):
+    runs = []
+
+    def record(body, fuse):
+        runs.append(fuse)
+        return body(False)
+
+    monkeypatch.setattr(polapp_linear, 'FUSE_MIN_ELEMENTS', min_elements)
+    monkeypatch.setattr(polapp_linear, 'run_fused', record)
+    q, k, v, s1, s2, axes = inputs(1, 2, (5, 3), 8, torch.float64)
+    polapp_linear_attention(q.requires_grad_(), k, v, s1, s2, axes, impl=impl).sum().backward()
+    assert runs == [fused] * 3  # key statistics, query output, query output backward
 
 
 def test_lean_core_takes_all_rows_at_once_off_cpu():

@@ -62,8 +62,9 @@ class PolaPP(PolaBackbone):
             ``dict(type='SyncBN')`` for statistics synchronised across GPUs.
         out_norms (bool): normalise the outputs with ``extra_norms``.
         with_cp (bool): activation checkpointing per block.
-        attn_impl (str): core of the linear attention: 'auto' / 'torch' (lean PyTorch
-            path) or 'reference' (the authors' plain form, for checks).
+        attn_impl (str): core of the linear attention: 'auto' (the lean PyTorch path,
+            its elementwise steps compiled on CPU for large maps), 'torch' (the lean path,
+            eager) or 'reference' (the authors' plain form, for checks).
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained', checkpoint=PATH)``.
     """
 

@@ -31,7 +31,9 @@ Two autograd Functions (:class:`_KeyStatistics`, :class:`_QueryOutput`) keep onl
 inputs, the small matrices and the output with its normalisers, and recompute the signed
 maps in backward; the small-matrix algebra between them (rotations, sums over positions)
 is left to autograd. Large temporaries follow q's memory order and the output is laid out
-as (B, N, h, d), so heads split off and merged into (B, N, h * d) cost no copy.
+as (B, N, h, d), so heads split off and merged into (B, N, h * d) cost no copy. The
+elementwise steps around the products (:mod:`.polapp_steps`) run eagerly or, with
+``impl='auto'`` on CPU and large maps, fused by ``torch.compile`` (:mod:`.cpu_fusion`).
 Everything runs in float32 with autocast off (``exp`` of untempered keys overflows fp16
 from 11.1 on), float64 for float64 inputs; the result is cast back to the input dtype.
 """
@@ -40,8 +42,10 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .cpu_fusion import run_fused
 from .pola_reference import plain_polapp_linear_attention
-from .pola_torch import empty_in_memory_order, polarity_backward_
+from .pola_torch import empty_in_memory_order
+from .polapp_steps import KEY_BUFFERS, QUERY_BUFFERS, key_grad, key_maps, query_grad, query_maps
 from .rope import AxisTables, expand_axes, rotate_pairs
 
 POLAPP_ATTENTION_IMPLS = ('auto', 'torch', 'reference')
@@ -81,7 +85,10 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 # On CPU the grid is processed a band of rows at a time, each temporary map of a band about
 # this many elements (2 MiB in float32): a band's maps stay in cache from one pass to the
 # next (an 800 x 1344 image's stage-1 map is 17 MB), and they are allocated once per call.
+# Fused steps make one pass each; there twice as many rows per band (deeper products over
+# the columns, fewer calls) measured faster.
 CPU_BAND_ELEMENTS = 1 << 19
+FUSED_BAND_ELEMENTS = 1 << 20
 
 
 class _Band:
@@ -108,14 +115,15 @@ class _Band:
         return [buffer[:, :, :self.tokens.stop - self.tokens.start] for buffer in buffers]
 
 
-def _bands(x: Tensor, hw_shape: Tuple[int, int]) -> List[_Band]:
-    """The bands of rows of x's (H, W) grid: on CPU of about ``CPU_BAND_ELEMENTS`` per
-    (B, h, band tokens, d) map, elsewhere (one kernel launch per operation and band) all
-    rows at once."""
+def _bands(x: Tensor, hw_shape: Tuple[int, int], fuse: bool) -> List[_Band]:
+    """The bands of rows of x's (H, W) grid: on CPU of about ``CPU_BAND_ELEMENTS`` (fused
+    steps: ``FUSED_BAND_ELEMENTS``) per (B, h, band tokens, d) map, elsewhere (one kernel
+    launch per operation and band) all rows at once."""
     height, width = hw_shape
     batch, heads, _, dims = x.shape
+    elements = FUSED_BAND_ELEMENTS if fuse else CPU_BAND_ELEMENTS
     rows = height if x.device.type != 'cpu' else max(
-        1, CPU_BAND_ELEMENTS // (batch * heads * width * dims))
+        1, elements // (batch * heads * width * dims))
     return [_Band(top, min(top + rows, height), width) for top in range(0, height, rows)]
 
 
@@ -160,43 +168,37 @@ def _gram_per_position(a: Tensor, b: Tensor, grid_shape: Tuple[int, int], by_col
     return out
 
 
-def _polarity_maps(x: Tensor, magnitude: Tensor, mid: Optional[Tensor],
-                   half: Optional[Tensor], exp_out: Tensor, pos_out: Tensor,
-                   neg_out: Tensor) -> Tuple[Tensor, Tensor]:
-    """``e = exp(|x| mid + x half)`` into ``exp_out``; ``pos = exp(relu(x) s+) - 1`` and
-    ``neg = exp(relu(-x) s-) - 1``, i.e. ``e - 1`` where x > 0 and where x < 0, into
-    ``pos_out`` and ``neg_out``, for ``mid = (s+ + s-) / 2`` and ``half = (s+ - s-) / 2``
-    (no temperatures: None). With ``u = sign(x) (e - 1)``, pos is ``relu(u)``, neg
-    ``relu(-u)``, and ``du/dx = e``."""
-    if mid is None:
-        torch.exp(magnitude, out=exp_out)
-    else:
-        torch.mul(x, half, out=exp_out).addcmul_(magnitude, mid).exp_()
-    excess = torch.sub(exp_out, 1, out=neg_out)
-    torch.ops.aten.threshold_backward.grad_input(excess, x, 0, grad_input=pos_out)
-    return pos_out, excess.sub_(pos_out)
+# q of at least this many elements (a 512 x 512 image's stage 1): with attn_impl='auto', on
+# CPU the elementwise steps run fused (:mod:`.polapp_steps`); on smaller maps compiling
+# them (seconds per step and form of the inputs, once per process) outweighs what it saves.
+FUSE_MIN_ELEMENTS = 1 << 20
 
 
 class _KeyStatistics(torch.autograd.Function):
     """(k, v) -> ``S_row`` (B, h, H, d, d), the sum over each row's tokens of
     ``relu(u)^T v``; ``S_col`` (B, h, W, d, d), over each column's of ``relu(-u)^T v``;
     and the means of ``relu(u)`` and ``relu(-u)`` over all tokens (B, h, 1, d), with
-    ``u = sign(k) (exp(|k|) - 1)``."""
+    ``u = sign(k) (exp(|k|) - 1)``; the elementwise steps fused if ``fuse``."""
 
     @staticmethod
-    def forward(ctx, k: Tensor, v: Tensor, hw_shape: Tuple[int, int]):
+    def forward(ctx, k: Tensor, v: Tensor, hw_shape: Tuple[int, int], fuse: bool):
         ctx.save_for_backward(k, v)
-        ctx.hw_shape = hw_shape
+        ctx.hw_shape, ctx.fuse = hw_shape, fuse
+        return run_fused(lambda fused: _KeyStatistics._forward(k, v, hw_shape, fused), fuse)
+
+    @staticmethod
+    def _forward(k: Tensor, v: Tensor, hw_shape: Tuple[int, int], fuse: bool):
         dtype = compute_dtype(k)
         (batch, heads, tokens, dims), (height, width) = k.shape, hw_shape
         rows_kv = k.new_empty(batch, heads, height, dims, dims, dtype=dtype)
         cols_kv = k.new_empty(batch, heads, width, dims, dims, dtype=dtype)
         sums = k.new_zeros(2, batch, heads, 1, dims, dtype=dtype)
-        bands = _bands(k, hw_shape)
-        buffers = _Band.buffers(3, bands[0].rows(k), dtype=dtype)
+        bands = _bands(k, hw_shape, fuse)
+        buffers = _Band.buffers(KEY_BUFFERS, bands[0].rows(k), dtype=dtype)
         for index, band in enumerate(bands):
-            keys, values = band.rows(k).to(dtype), band.rows(v).to(dtype)
-            pos, neg, _ = _KeyStatistics._maps(keys, band.fit(buffers))
+            maps = band.fit(buffers)
+            key_maps(band.rows(k), maps, fuse=fuse)
+            pos, neg, values = maps[1], maps[2], band.rows(v).to(dtype)
             _gram_per_position(pos, values, band.shape, False,
                                rows_kv[:, :, band.top:band.bottom])
             _gram_per_position(neg, values, band.shape, True, cols_kv, index > 0)
@@ -206,44 +208,40 @@ class _KeyStatistics(torch.autograd.Function):
         return rows_kv, cols_kv, sums[0], sums[1]
 
     @staticmethod
-    def _maps(k: Tensor, buffers: List[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        """``relu(u)``, ``relu(-u)`` and ``exp(|k|)`` in the three buffers."""
-        exp, pos, neg = buffers
-        _polarity_maps(k, torch.abs(k, out=neg), None, None, exp, pos, neg)
-        return pos, neg, exp
+    def backward(ctx, grad_rows, grad_cols, grad_pos_mean, grad_neg_mean):
+        k, v = ctx.saved_tensors
+        grad_k, grad_v = run_fused(lambda fused: _KeyStatistics._backward(
+            k, v, ctx.hw_shape, fused, grad_rows, grad_cols, grad_pos_mean, grad_neg_mean),
+            ctx.fuse)
+        return grad_k, grad_v, None, None
 
     @staticmethod
-    def backward(ctx, grad_rows, grad_cols, grad_pos_mean, grad_neg_mean):
-        k_in, v_in = ctx.saved_tensors
-        hw_shape, tokens = ctx.hw_shape, k_in.shape[-2]
-        dtype = compute_dtype(k_in)
+    def _backward(k, v, hw_shape, fuse, grad_rows, grad_cols, grad_pos_mean, grad_neg_mean):
+        dtype, tokens = compute_dtype(k), k.shape[-2]
         grad_rows, grad_cols = grad_rows.to(dtype), grad_cols.to(dtype)
-        grad_means = [grad / tokens for grad in (grad_pos_mean, grad_neg_mean)]
-        grad_k = empty_in_memory_order(k_in, dtype=k_in.dtype)
-        grad_v = empty_in_memory_order(v_in, dtype=dtype)
-        bands = _bands(k_in, hw_shape)
-        buffers = _Band.buffers(5, bands[0].rows(k_in), dtype=dtype)
+        grad_means = [grad.to(dtype) / tokens for grad in (grad_pos_mean, grad_neg_mean)]
+        grad_k = empty_in_memory_order(k, dtype=k.dtype)
+        grad_v = empty_in_memory_order(v, dtype=dtype)
+        bands = _bands(k, hw_shape, fuse)
+        buffers = _Band.buffers(KEY_BUFFERS + 2, bands[0].rows(k), dtype=dtype)
         for band in bands:
-            keys, values = band.rows(k_in).to(dtype), band.rows(v_in).to(dtype)
-            exp, pos, neg, grad_pos, grad_neg = band.fit(buffers)
-            pos, neg, exp = _KeyStatistics._maps(keys, [exp, pos, neg])
+            *maps, grad_pos, grad_neg = band.fit(buffers)
+            key_maps(band.rows(k), maps, fuse=fuse)
+            pos, neg, values = maps[1], maps[2], band.rows(v).to(dtype)
             band_rows = grad_rows[:, :, band.top:band.bottom]
             band_grad_v = band.rows(grad_v)
             _per_position(pos, band_rows, band.shape, False, band_grad_v)
             _per_position(neg, grad_cols, band.shape, True, band_grad_v, accumulate=True)
-            _per_position(values, band_rows.transpose(-2, -1), band.shape, False,
-                          grad_pos).add_(grad_means[0])
-            _per_position(values, grad_cols.transpose(-2, -1), band.shape, True,
-                          grad_neg).add_(grad_means[1])
-            # u = sign(k) (exp(|k|) - 1): du/dk = exp(|k|)
-            torch.mul(polarity_backward_(grad_pos, grad_neg, pos, neg), exp,
-                      out=band.rows(grad_k))
-        return grad_k, grad_v.to(v_in.dtype), None
+            _per_position(values, band_rows.transpose(-2, -1), band.shape, False, grad_pos)
+            _per_position(values, grad_cols.transpose(-2, -1), band.shape, True, grad_neg)
+            key_grad(band.rows(k), maps, grad_pos, grad_neg, *grad_means, band.rows(grad_k),
+                     fuse=fuse)
+        return grad_k, grad_v.to(v.dtype)
 
 
 class _QueryOutput(torch.autograd.Function):
     """(q, temperatures, small matrices) -> the normalised output (B, h, N, d), laid out
-    as (B, N, h, d).
+    as (B, N, h, d); the elementwise steps fused if ``fuse``.
 
     Block ``a`` (rows, then columns) takes ``u_a = sign(q) (exp(|q| mid_a + q half_a) - 1)``
     (temperatures (1, h, 1, d)); ``relu(u_a)`` meets the (B, h, P, d, d/2 + 1) matrix
@@ -253,100 +251,85 @@ class _QueryOutput(torch.autograd.Function):
     normaliser."""
 
     @staticmethod
-    def _blocks(row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg,
-                band: _Band):
-        """Per block: (by_columns, mid, half, pos matrices, neg matrices) for the band."""
+    def _blocks(matrices: List[Tensor], band: _Band):
+        """Per map of :data:`~.polapp_steps.query_maps` (rows: relu(u), relu(-u); columns:
+        the same): (by_columns, the stream it feeds, its matrices for the band)."""
         rows = slice(band.top, band.bottom)
-        return ((False, row_mid, row_half, row_pos[:, :, rows], row_neg[:, :, rows]),
-                (True, col_mid, col_half, col_pos, col_neg))
+        row_pos, row_neg, col_pos, col_neg = matrices
+        return ((False, 0, row_pos[:, :, rows]), (False, 1, row_neg[:, :, rows]),
+                (True, 1, col_pos), (True, 0, col_neg))
 
     @staticmethod
     def forward(ctx, q, row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos,
-                col_neg, hw_shape, eps):
+                col_neg, hw_shape, eps, fuse):
+        temperatures = [row_mid, row_half, col_mid, col_half]
+        matrices = [row_pos, row_neg, col_pos, col_neg]
+        out, norms = run_fused(lambda fused: _QueryOutput._forward(
+            q, temperatures, matrices, hw_shape, eps, fused), fuse)
+        ctx.save_for_backward(q, *temperatures, *matrices, out, norms)
+        ctx.hw_shape, ctx.fuse = hw_shape, fuse
+        return out
+
+    @staticmethod
+    def _forward(q, temperatures, matrices, hw_shape, eps, fuse):
         dtype = compute_dtype(q)
         batch, heads, tokens, dims = q.shape
         half_dims = dims // 2
         out = q.new_empty(batch, tokens, heads, dims, dtype=dtype).transpose(1, 2)
         norms = q.new_empty(batch, heads, tokens, 2, dtype=dtype)
-        bands = _bands(q, hw_shape)
-        maps = _Band.buffers(4, bands[0].rows(q), dtype=dtype)
+        bands = _bands(q, hw_shape, fuse)
+        buffers = _Band.buffers(QUERY_BUFFERS, bands[0].rows(q), dtype=dtype)
         sums = _Band.buffers(2, bands[0].rows(q), half_dims + 1, dtype)
         for band in bands:
-            queries = band.rows(q).to(dtype)
-            magnitude, exp, pos, neg = band.fit(maps)
-            band_sums = band.fit(sums)
-            torch.abs(queries, out=magnitude)
-            for by_columns, mid, half, m_pos, m_neg in _QueryOutput._blocks(
-                    row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg,
-                    band):
-                _polarity_maps(queries, magnitude, mid, half, exp, pos, neg)
-                _per_position(pos, m_pos, band.shape, by_columns, band_sums[by_columns],
-                              by_columns)
-                _per_position(neg, m_neg, band.shape, by_columns, band_sums[not by_columns],
-                              by_columns)
+            maps, band_sums = band.fit(buffers), band.fit(sums)
+            query_maps(band.rows(q), temperatures, maps, fuse=fuse)
+            for features, (by_columns, stream, matrix) in zip(
+                    maps[3:], _QueryOutput._blocks(matrices, band)):
+                _per_position(features, matrix, band.shape, by_columns, band_sums[stream],
+                              accumulate=by_columns)
             band_norms, band_out = band.rows(norms), band.rows(out)
             for stream, total in enumerate(band_sums):
                 torch.add(total[..., half_dims], eps, out=band_norms[..., stream])
                 torch.div(total[..., :half_dims], band_norms[..., stream:stream + 1],
                           out=band_out[..., stream * half_dims:(stream + 1) * half_dims])
-        ctx.save_for_backward(q, row_mid, row_half, col_mid, col_half, row_pos, row_neg,
-                              col_pos, col_neg, out, norms)
-        ctx.hw_shape = hw_shape
-        return out
+        return out, norms
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg, out, \
-            norms = ctx.saved_tensors
-        hw_shape, dtype = ctx.hw_shape, compute_dtype(q)
-        half_dims = q.shape[-1] // 2
+        q, *saved = ctx.saved_tensors
+        temperatures, matrices, (out, norms) = saved[:4], saved[4:8], saved[8:]
+        grad_q, grad_temperatures, grad_matrices = run_fused(
+            lambda fused: _QueryOutput._backward(q, temperatures, matrices, out, norms,
+                                                 ctx.hw_shape, fused, grad_out), ctx.fuse)
+        grad_temperatures = [grad.unsqueeze(2).sum_to_size(param.shape).to(param.dtype)
+                             for grad, param in zip(grad_temperatures, temperatures)]
+        return (grad_q, *grad_temperatures, *grad_matrices, None, None, None)
+
+    @staticmethod
+    def _backward(q, temperatures, matrices, out, norms, hw_shape, fuse, grad_out):
+        dtype, half_dims = compute_dtype(q), q.shape[-1] // 2
         grad_q = empty_in_memory_order(q, dtype=q.dtype)
-        grad_matrices = [torch.empty_like(row_pos), torch.empty_like(row_neg),
-                         torch.empty_like(col_pos), torch.empty_like(col_neg)]
-        scale_grads = q.new_zeros(4, q.shape[0], q.shape[1], q.shape[-1], dtype=dtype)
-        bands = _bands(q, hw_shape)
-        maps = _Band.buffers(8, bands[0].rows(q), dtype=dtype)
+        grad_matrices = [torch.empty_like(matrix) for matrix in matrices]
+        grad_temperatures = q.new_zeros(4, q.shape[0], q.shape[1], q.shape[-1], dtype=dtype)
+        bands = _bands(q, hw_shape, fuse)
+        buffers = _Band.buffers(QUERY_BUFFERS + 4, bands[0].rows(q), dtype=dtype)
         sums = _Band.buffers(2, bands[0].rows(q), half_dims + 1, dtype)
         for index, band in enumerate(bands):
-            queries = band.rows(q).to(dtype)
-            magnitude, exp, pos, neg, grad_pos, grad_neg, by_mid, by_half = band.fit(maps)
             grad_sums = _QueryOutput._grad_sums(band.rows(grad_out).to(dtype), band.rows(out),
                                                 band.rows(norms), band.fit(sums))
-            torch.abs(queries, out=magnitude)
-            for by_columns, mid, half, m_pos, m_neg in _QueryOutput._blocks(
-                    row_mid, row_half, col_mid, col_half, row_pos, row_neg, col_pos, col_neg,
-                    band):
-                pos_sums, neg_sums = grad_sums[by_columns], grad_sums[not by_columns]
-                _polarity_maps(queries, magnitude, mid, half, exp, pos, neg)
+            band_buffers = band.fit(buffers)
+            maps, grads = band_buffers[:QUERY_BUFFERS], band_buffers[QUERY_BUFFERS:]
+            query_maps(band.rows(q), temperatures, maps, fuse=fuse)
+            for features, grad, grad_matrix, (by_columns, stream, matrix) in zip(
+                    maps[3:], grads, grad_matrices, _QueryOutput._blocks(matrices, band)):
                 rows = slice(None) if by_columns else slice(band.top, band.bottom)
-                accumulate = by_columns and index > 0
-                for features, grads, target in ((pos, pos_sums, 2 * by_columns),
-                                                (neg, neg_sums, 2 * by_columns + 1)):
-                    _gram_per_position(features, grads, band.shape, by_columns,
-                                       grad_matrices[target][:, :, rows], accumulate)
-                _per_position(pos_sums, m_pos.transpose(-2, -1), band.shape, by_columns,
-                              grad_pos)
-                _per_position(neg_sums, m_neg.transpose(-2, -1), band.shape, by_columns,
-                              grad_neg)
-                # d(signed) -> d(exp) = d(signed) sign(q) -> d(argument) = that * exp; with
-                # sign(q)^2 = 1, weighted = d(signed) * exp gives dq = weighted (mid +
-                # sign(q) half), d mid = sum weighted q, d half = sum weighted |q|
-                weighted = polarity_backward_(grad_pos, grad_neg, pos, neg).mul_(exp)
-                scale_grads[2 * by_columns] += torch.linalg.vecdot(weighted, queries, dim=2)
-                scale_grads[2 * by_columns + 1] += torch.linalg.vecdot(weighted, magnitude,
-                                                                       dim=2)
-                if by_columns:
-                    by_mid.addcmul_(weighted, mid)
-                    by_half.addcmul_(weighted, half)
-                else:
-                    torch.mul(weighted, mid, out=by_mid)
-                    torch.mul(weighted, half, out=by_half)
-            torch.addcmul(by_mid, by_half, torch.sign(queries, out=magnitude),
-                          out=band.rows(grad_q))
-        scale_grads = [grad.unsqueeze(2).sum_to_size(param.shape).to(param.dtype)
-                       for grad, param in zip(scale_grads, (row_mid, row_half, col_mid,
-                                                            col_half))]
-        return (grad_q, *scale_grads, *grad_matrices, None, None)
+                _gram_per_position(features, grad_sums[stream], band.shape, by_columns,
+                                   grad_matrix[:, :, rows], accumulate=by_columns and index > 0)
+                _per_position(grad_sums[stream], matrix.transpose(-2, -1), band.shape,
+                              by_columns, grad)
+            grad_temperatures += torch.stack(query_grad(
+                band.rows(q), temperatures, maps, grads, band.rows(grad_q), fuse=fuse))
+        return grad_q, grad_temperatures, grad_matrices
 
     @staticmethod
     def _grad_sums(grad_out: Tensor, out: Tensor, norms: Tensor,
@@ -371,13 +354,14 @@ def _rotate(m: Tensor, cos: Tensor, sin: Tensor, inverse: bool = False) -> Tenso
 
 
 def _lean_polapp_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor,
-                           axes: AxisTables, eps: float) -> Tensor:
-    """The lean path (module docstring) in :func:`compute_dtype`, laid out as (B, N, h, d)."""
+                           axes: AxisTables, eps: float, fuse: bool) -> Tensor:
+    """The lean path (module docstring) in :func:`compute_dtype`, laid out as (B, N, h, d);
+    its elementwise steps compiled if ``fuse``."""
     dtype = compute_dtype(q)
     axes = axes.to(dtype)
     hw_shape, tokens, dims = axes.hw_shape, q.shape[-2], q.shape[-1]
     half_dims = dims // 2
-    rows_kv, cols_kv, pos_mean, neg_mean = _KeyStatistics.apply(k, v, hw_shape)
+    rows_kv, cols_kv, pos_mean, neg_mean = _KeyStatistics.apply(k, v, hw_shape, fuse)
     kv_row = _rotate(rows_kv, axes.row_cos, axes.row_sin).sum(dim=2) / tokens  # (B, h, d, d)
     kv_col = _rotate(cols_kv, axes.col_cos, axes.col_sin).sum(dim=2) / tokens
     rows = _rotate(kv_row.unsqueeze(2), axes.row_cos, axes.row_sin, inverse=True)
@@ -394,7 +378,7 @@ def _lean_polapp_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tens
         temperatures += [(t_pos + t_neg) / 2, (t_pos - t_neg) / 2]
     return _QueryOutput.apply(
         q, *temperatures, matrix(rows, sim, pos_mean), matrix(rows, opp, pos_mean),
-        matrix(cols, opp, neg_mean), matrix(cols, sim, neg_mean), hw_shape, eps)
+        matrix(cols, opp, neg_mean), matrix(cols, sim, neg_mean), hw_shape, eps, fuse)
 
 
 def check_polapp_attention_impl(impl: str) -> str:
@@ -417,8 +401,10 @@ def polapp_linear_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Ten
         axes (AxisTables): the (H, d) row and (W, d) column tables of 2d-channel rotary
             positions (:meth:`~pola_mm.ops.rope.RotaryTable.axes`).
         eps (float): normaliser epsilon, the authors' 1e-6 on the mean.
-        impl (str): 'auto' or 'torch' (the lean path), or 'reference' (the plain form:
-            slow, for checks). ONNX export records the plain form whatever ``impl``.
+        impl (str): 'auto' (the lean path; on CPU its elementwise steps compiled by
+            ``torch.compile`` where q has at least ``FUSE_MIN_ELEMENTS`` elements), 'torch'
+            (the lean path, eager), or 'reference' (the plain form: slow, for checks). ONNX
+            export records the plain form whatever ``impl``.
 
     Returns:
         Tensor: (B, h, N, d) of ``q``'s dtype; channels [0, d/2) from the sim stream.
@@ -435,5 +421,7 @@ def polapp_linear_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Ten
                 *(t.to(compute) for t in (q, k, v, s1, s2)),
                 *expand_axes(axes.to(compute)), eps)
         else:
-            out = _lean_polapp_attention(q, k, v, s1, s2, axes, eps)
+            fuse = (impl == 'auto' and q.device.type == 'cpu'
+                    and q.numel() >= FUSE_MIN_ELEMENTS)
+            out = _lean_polapp_attention(q, k, v, s1, s2, axes, eps, fuse)
     return out.to(dtype)

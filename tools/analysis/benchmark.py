@@ -15,8 +15,9 @@ peak memory of a training step of
   (``SpatialReductionAttention``, sr 8), all on the same stage-1 token grid;
 * whole backbones: Pola-Swin-T, mmdet Swin-T, Pola-PVT-T, mmdet PVT-T;
 * PolaFormer++ b2: its stage-1 linear-attention layer (C 64, 1 head, d 64) with the plain
-  form of the authors' core (``attn_impl='reference'``) and the lean one, and the whole
-  PolaPP-b2 backbone next to mmdet's PVTv2-b2 and Swin-T;
+  form of the authors' core (``attn_impl='reference'``) and the lean one, eager
+  (``'torch'``) and with its elementwise steps fused (``'auto'``: compiled on CPU), and the
+  whole PolaPP-b2 backbone (``'auto'``) next to mmdet's PVTv2-b2 and Swin-T;
 
 at a detection size (800 x 1344, the 1333 x 800 resize padded to 32), a segmentation size
 (512 x 512) and half the detection size per side (400 x 672, so that the detection size has
@@ -317,7 +318,8 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
 
         group = f'{tag} stage-1 attention polapp-b2'
         cases.append(Case('polapp (plain core)', group, polapp_layer('reference')))
-        cases.append(Case('polapp (lean core)', group, polapp_layer('torch')))
+        cases.append(Case('polapp (lean core, eager)', group, polapp_layer('torch')))
+        cases.append(Case('polapp (lean core, fused)', group, polapp_layer('auto')))
         group = f'{tag} backbone polapp-b2'
         if MMDET_ERROR is None:
             cases.append(Case('mmdet PVTv2-b2', group, image_backbone(
