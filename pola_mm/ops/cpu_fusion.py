@@ -19,8 +19,8 @@ RECOMPILE_LIMIT = 64
 
 
 class FusableStep:
-    """One step in two forms of one signature, called with ``fuse`` saying which (the
-    eager form's name and docstring).
+    """One step in two forms of one signature, called with ``fuse`` saying which; it
+    carries the eager form's name and docstring.
 
     Args:
         eager (Callable): the step as in-place operations on buffers it is given: fast
