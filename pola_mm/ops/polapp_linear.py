@@ -197,7 +197,7 @@ class _KeyStatistics(torch.autograd.Function):
         buffers = _Band.buffers(KEY_BUFFERS, bands[0].rows(k), dtype=dtype)
         for index, band in enumerate(bands):
             maps = band.fit(buffers)
-            key_maps(band.rows(k), maps, fuse=fuse)
+            key_maps(band.rows(k).to(dtype), maps, fuse=fuse)
             pos, neg, values = maps[1], maps[2], band.rows(v).to(dtype)
             _gram_per_position(pos, values, band.shape, False,
                                rows_kv[:, :, band.top:band.bottom])
@@ -226,7 +226,8 @@ class _KeyStatistics(torch.autograd.Function):
         buffers = _Band.buffers(KEY_BUFFERS + 2, bands[0].rows(k), dtype=dtype)
         for band in bands:
             *maps, grad_pos, grad_neg = band.fit(buffers)
-            key_maps(band.rows(k), maps, fuse=fuse)
+            keys = band.rows(k).to(dtype)  # one cast for both steps
+            key_maps(keys, maps, fuse=fuse)
             pos, neg, values = maps[1], maps[2], band.rows(v).to(dtype)
             band_rows = grad_rows[:, :, band.top:band.bottom]
             band_grad_v = band.rows(grad_v)
@@ -234,7 +235,7 @@ class _KeyStatistics(torch.autograd.Function):
             _per_position(neg, grad_cols, band.shape, True, band_grad_v, accumulate=True)
             _per_position(values, band_rows.transpose(-2, -1), band.shape, False, grad_pos)
             _per_position(values, grad_cols.transpose(-2, -1), band.shape, True, grad_neg)
-            key_grad(band.rows(k), maps, grad_pos, grad_neg, *grad_means, band.rows(grad_k),
+            key_grad(keys, maps, grad_pos, grad_neg, *grad_means, band.rows(grad_k),
                      fuse=fuse)
         return grad_k, grad_v.to(v.dtype)
 
@@ -282,7 +283,7 @@ class _QueryOutput(torch.autograd.Function):
         sums = _Band.buffers(2, bands[0].rows(q), half_dims + 1, dtype)
         for band in bands:
             maps, band_sums = band.fit(buffers), band.fit(sums)
-            query_maps(band.rows(q), temperatures, maps, fuse=fuse)
+            query_maps(band.rows(q).to(dtype), temperatures, maps, fuse=fuse)
             for features, (by_columns, stream, matrix) in zip(
                     maps[3:], _QueryOutput._blocks(matrices, band)):
                 _per_position(features, matrix, band.shape, by_columns, band_sums[stream],
@@ -319,7 +320,8 @@ class _QueryOutput(torch.autograd.Function):
                                                 band.rows(norms), band.fit(sums))
             band_buffers = band.fit(buffers)
             maps, grads = band_buffers[:QUERY_BUFFERS], band_buffers[QUERY_BUFFERS:]
-            query_maps(band.rows(q), temperatures, maps, fuse=fuse)
+            queries = band.rows(q).to(dtype)  # one cast for both steps
+            query_maps(queries, temperatures, maps, fuse=fuse)
             for features, grad, grad_matrix, (by_columns, stream, matrix) in zip(
                     maps[3:], grads, grad_matrices, _QueryOutput._blocks(matrices, band)):
                 rows = slice(None) if by_columns else slice(band.top, band.bottom)
@@ -328,7 +330,7 @@ class _QueryOutput(torch.autograd.Function):
                 _per_position(grad_sums[stream], matrix.transpose(-2, -1), band.shape,
                               by_columns, grad)
             grad_temperatures += torch.stack(query_grad(
-                band.rows(q), temperatures, maps, grads, band.rows(grad_q), fuse=fuse))
+                queries, temperatures, maps, grads, band.rows(grad_q), fuse=fuse))
         return grad_q, grad_temperatures, grad_matrices
 
     @staticmethod

@@ -2,9 +2,11 @@
 tokens, each a :class:`~.cpu_fusion.FusableStep`: eager, as in-place operations on the
 band's buffers, or fused, as plain math compiled into one loop on CPU.
 
-A band loop runs all of its steps in one form. The maps step writes its maps into the
-buffers (the eager form also the scratch maps that its gradient step reads back); the
-gradient step of the fused form recomputes what it needs from the input instead.
+A band loop runs all of its steps in one form, on inputs already in the compute dtype
+(:func:`~.polapp_linear.compute_dtype`; one cast of a band serves both steps that read
+it). The maps step writes its maps into the buffers (the eager form also the scratch maps
+that its gradient step reads back); the gradient step of the fused form recomputes what
+it needs from the input instead.
 
 Both forms compute, for ``x`` (q or k, (B, h, n, d)) and temperatures ``mid``, ``half``
 (1, h, 1, d) of a block, ``e = exp(|x| mid + x half)`` (keys: ``exp(|x|)``) and
@@ -48,13 +50,11 @@ def _key_maps_eager(k: Tensor, buffers: List[Tensor]) -> None:
     """``relu(u)`` and ``relu(-u)`` of the keys k (B, h, n, d) into buffers 1 and 2 of the
     ``KEY_BUFFERS`` (B, h, n, d) buffers."""
     exp, pos, neg = buffers
-    k = k.to(pos.dtype)
     _polarity_maps(k, torch.abs(k, out=neg), None, None, exp, pos, neg)
 
 
 def _key_maps_fused(k: Tensor, buffers: List[Tensor]) -> None:
     _, pos, neg = buffers
-    k = k.to(pos.dtype)
     for out, part in zip((pos, neg), _split(k, torch.exp(k.abs()) - 1)):
         out.copy_(part)
 
@@ -76,7 +76,6 @@ def _key_grad_eager(k: Tensor, buffers: List[Tensor], grad_pos: Tensor, grad_neg
 
 def _key_grad_fused(k: Tensor, buffers: List[Tensor], grad_pos: Tensor, grad_neg: Tensor,
                     grad_pos_mean: Tensor, grad_neg_mean: Tensor, out: Tensor) -> None:
-    k = k.to(grad_pos.dtype)
     grad_excess = torch.where(k > 0, grad_pos + grad_pos_mean,
                               torch.where(k < 0, grad_neg + grad_neg_mean, 0.))
     out.copy_(grad_excess * torch.exp(k.abs()) * torch.sign(k))
@@ -90,7 +89,6 @@ def _query_maps_eager(q: Tensor, temperatures: List[Tensor], buffers: List[Tenso
     ((1, h, 1, d) each): ``relu(u)`` and ``relu(-u)`` of the row block, then of the column
     block, of the queries q (B, h, n, d) into buffers 3 to 6 of the ``QUERY_BUFFERS``."""
     magnitude, exps, maps = buffers[0], buffers[1:3], buffers[3:]
-    q = q.to(magnitude.dtype)
     torch.abs(q, out=magnitude)
     for block, exp in enumerate(exps):
         mid, half = temperatures[2 * block:2 * block + 2]
@@ -99,7 +97,6 @@ def _query_maps_eager(q: Tensor, temperatures: List[Tensor], buffers: List[Tenso
 
 def _query_maps_fused(q: Tensor, temperatures: List[Tensor], buffers: List[Tensor]) -> None:
     maps = buffers[3:]
-    q = q.to(maps[0].dtype)
     for block in range(2):
         mid, half = temperatures[2 * block:2 * block + 2]
         parts = _split(q, torch.exp(q.abs() * mid + q * half) - 1)
@@ -117,7 +114,6 @@ def _query_grad_eager(q: Tensor, temperatures: List[Tensor], buffers: List[Tenso
     gradient reaching q from those of the four maps of :data:`query_maps` (``grads``, in its
     order; overwritten by the eager form); ``buffers`` as :data:`query_maps` left them."""
     magnitude, exps, maps = buffers[0], buffers[1:3], buffers[3:]
-    q = q.to(magnitude.dtype)
     by_mid, by_half = maps[:2]  # free once the row block's weighted gradient is formed
     grad_temperatures = []
     for block, exp in enumerate(exps):
@@ -142,7 +138,6 @@ def _query_grad_eager(q: Tensor, temperatures: List[Tensor], buffers: List[Tenso
 
 def _query_grad_fused(q: Tensor, temperatures: List[Tensor], buffers: List[Tensor],
                       grads: List[Tensor], out: Tensor) -> List[Tensor]:
-    q = q.to(grads[0].dtype)
     magnitude, sign = q.abs(), torch.sign(q)
     grad_q, grad_temperatures = torch.zeros_like(q), []
     for block in range(2):
