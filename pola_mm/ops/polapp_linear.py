@@ -347,12 +347,28 @@ class _QueryOutput(torch.autograd.Function):
         return buffers
 
 
-def _rotate(m: Tensor, cos: Tensor, sin: Tensor, inverse: bool = False) -> Tensor:
-    """``Rot(p) @ m[p]`` (``Rot(p)^T`` if ``inverse``) for (..., P, d, x) matrices whose rows
-    are channel pairs and the (P, d) tables of the positions."""
+def _turn_rows(m: Tensor) -> Tensor:
+    """The quarter turn of :func:`~.rope.rotate_pairs` applied to the rows (channel pairs)
+    of (..., d, x) matrices."""
+    return rotate_pairs(m.transpose(-2, -1)).transpose(-2, -1)
+
+
+def _turned_sum(per_position: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``sum_p Rot(p) m[p]``: (B, h, P, d, x) matrices whose rows are channel pairs and the
+    (P, d) tables of the positions -> (B, h, d, x).
+
+    ``Rot(p) = diag(cos_p) + turn diag(sin_p)`` (both channels of a pair share their
+    angle, so the quarter turn commutes with the diagonals): two table-weighted sums over
+    the positions and one turn of a (d, x) matrix, no rotated (P, d, x) copy."""
+    weighted = torch.einsum('bhpdx,tpd->tbhdx', per_position, torch.stack([cos, sin]))
+    return weighted[0] + _turn_rows(weighted[1])
+
+
+def _turned_back(m: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``Rot(p)^T m`` for every position p: (B, h, d, x) and (P, d) tables ->
+    (B, h, P, d, x)."""
     cos, sin = cos[:, :, None], sin[:, :, None]
-    turned = rotate_pairs(m.transpose(-2, -1)).transpose(-2, -1) * sin
-    return m * cos - turned if inverse else m * cos + turned
+    return m.unsqueeze(2) * cos - _turn_rows(m).unsqueeze(2) * sin
 
 
 def _lean_polapp_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tensor,
@@ -364,23 +380,24 @@ def _lean_polapp_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tens
     hw_shape, tokens, dims = axes.hw_shape, q.shape[-2], q.shape[-1]
     half_dims = dims // 2
     rows_kv, cols_kv, pos_mean, neg_mean = _KeyStatistics.apply(k, v, hw_shape, fuse)
-    kv_row = _rotate(rows_kv, axes.row_cos, axes.row_sin).sum(dim=2) / tokens  # (B, h, d, d)
-    kv_col = _rotate(cols_kv, axes.col_cos, axes.col_sin).sum(dim=2) / tokens
-    rows = _rotate(kv_row.unsqueeze(2), axes.row_cos, axes.row_sin, inverse=True)
-    cols = _rotate(kv_col.unsqueeze(2), axes.col_cos, axes.col_sin, inverse=True)
+    kv_row = _turned_sum(rows_kv, axes.row_cos, axes.row_sin) / tokens  # (B, h, d, d)
+    kv_col = _turned_sum(cols_kv, axes.col_cos, axes.col_sin) / tokens
 
-    def matrix(per_position, values, mean):  # (B, h, P, d, d/2 + 1)
-        mean = mean.transpose(-2, -1).unsqueeze(2).expand(-1, -1, per_position.shape[2], -1, -1)
-        return torch.cat([per_position[..., values], mean], dim=-1)
+    def matrix(kv, cos, sin, values, mean):  # (B, h, P, d, d/2 + 1)
+        per_position = _turned_back(kv[..., values], cos, sin)
+        mean = mean.transpose(-2, -1).unsqueeze(2).expand(-1, -1, cos.shape[0], -1, -1)
+        return torch.cat([per_position, mean], dim=-1)
 
     sim, opp = slice(0, half_dims), slice(half_dims, dims)
     s1, s2 = s1.to(dtype), s2.to(dtype)
     temperatures = []
     for t_pos, t_neg in ((s1[..., :dims], s2[..., :dims]), (s2[..., dims:], s1[..., dims:])):
         temperatures += [(t_pos + t_neg) / 2, (t_pos - t_neg) / 2]
+    row_tables, col_tables = axes[:2], axes[2:]
     return _QueryOutput.apply(
-        q, *temperatures, matrix(rows, sim, pos_mean), matrix(rows, opp, pos_mean),
-        matrix(cols, opp, neg_mean), matrix(cols, sim, neg_mean), hw_shape, eps, fuse)
+        q, *temperatures, matrix(kv_row, *row_tables, sim, pos_mean),
+        matrix(kv_row, *row_tables, opp, pos_mean), matrix(kv_col, *col_tables, opp, neg_mean),
+        matrix(kv_col, *col_tables, sim, neg_mean), hw_shape, eps, fuse)
 
 
 def check_polapp_attention_impl(impl: str) -> str:
