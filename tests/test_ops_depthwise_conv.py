@@ -1,10 +1,13 @@
-"""depthwise_conv2d (its own kernel gradient on CPU) and the head-shared conv module
-against PyTorch's depthwise conv."""
+"""depthwise_conv2d (its own kernel gradient on CPU, eager or compiled) and the
+head-shared conv module against PyTorch's depthwise conv."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pola_mm.ops.depthwise_conv import HeadSharedDepthwiseConv2d, depthwise_conv2d
+from pola_mm.ops import cpu_fusion, depthwise_conv
+from pola_mm.ops.depthwise_conv import DepthwiseConv2d, HeadSharedDepthwiseConv2d, depthwise_conv2d
 
 
 def reference(x, weight, bias):
@@ -57,6 +60,70 @@ def test_forward_and_gradients_match_pytorch(case):
         else:
             assert ours.shape == theirs.shape, name
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.fixture
+def fused_for_any_size(monkeypatch):
+    """The compiled kernel gradient for maps of any size, in bands of 2 rows of the
+    channels-last cases below."""
+    monkeypatch.setattr(depthwise_conv, 'FUSE_MIN_ELEMENTS', 0)
+    monkeypatch.setattr(depthwise_conv, 'KERNEL_GRAD_BAND_ELEMENTS', 2 * 6 * 11)
+    monkeypatch.setattr(cpu_fusion, '_failure', [])
+
+
+@pytest.mark.parametrize('case', [CASES[0], CASES[4]])
+def test_compiled_kernel_gradient_matches_pytorch(fused_for_any_size, monkeypatch, case):
+    """With ``fused_grad`` on CPU, the kernel gradient of a channels-last map is summed a
+    band of rows at a time by a compiled step (bands of 2 rows, the last one shorter; and
+    a kernel larger than the map): PyTorch's gradients."""
+    def not_eager(*args):
+        raise AssertionError('the eager form ran')
+
+    monkeypatch.setattr(depthwise_conv.shifted_products, 'eager', not_eager)
+    batch, channels, height, width, kernel, layout, with_bias = case
+    gen = torch.Generator().manual_seed(3)
+    x = make_x(batch, channels, height, width, layout, gen)
+    weight = torch.randn(channels, 1, *kernel, generator=gen, dtype=torch.float64)
+    bias = torch.randn(channels, generator=gen, dtype=torch.float64)
+    grad = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RuntimeWarning)  # no fallback to the convolution
+        _, grads = forward_backward(lambda *t: depthwise_conv2d(*t, fused_grad=True),
+                                    [x, weight, bias], grad)
+    _, ref_grads = forward_backward(reference, [x, weight, bias], grad)
+    for name, ours, theirs in zip(('x', 'weight', 'bias'), grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_which_kernel_gradients_are_compiled(fused_for_any_size, monkeypatch):
+    """Compiled: ``fused_grad``, CPU, at least ``FUSE_MIN_ELEMENTS`` elements and not an
+    NCHW-contiguous map (oneDNN needs no transposing copy there); a failing compilation
+    warns once and gives the convolution's gradient."""
+    compiled = []
+    banded = depthwise_conv._banded_kernel_grad
+    monkeypatch.setattr(depthwise_conv, '_banded_kernel_grad',
+                        lambda *args: compiled.append(True) or banded(*args))
+    conv = DepthwiseConv2d(4, 3, fused_grad=True).double()
+    x = torch.randn(1, 6, 7, 4, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last
+
+    def uses_compiled(module, x):
+        compiled.clear()
+        module(x).sum().backward()
+        return bool(compiled)
+
+    assert uses_compiled(conv, x)
+    assert not uses_compiled(conv, x.contiguous())
+    assert not uses_compiled(DepthwiseConv2d(4, 3).double(), x)
+    monkeypatch.setattr(depthwise_conv, 'FUSE_MIN_ELEMENTS', x.numel() + 1)
+    assert not uses_compiled(conv, x)
+
+    monkeypatch.setattr(depthwise_conv, 'FUSE_MIN_ELEMENTS', 0)
+    monkeypatch.setattr(depthwise_conv.shifted_products, '_compiled', lambda *args: 1 / 0)
+    conv.zero_grad()
+    with pytest.warns(RuntimeWarning, match="(?s)ZeroDivisionError.*attn_impl='torch'"):
+        conv(x).sum().backward()
+    expected = torch.autograd.grad(reference(x, conv.weight, conv.bias).sum(), conv.weight)[0]
+    torch.testing.assert_close(conv.weight.grad, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_gradcheck():

@@ -29,16 +29,17 @@ def _check_heads(embed_dims: int, num_heads: int) -> int:
 
 
 class _GatedAttention(nn.Module):
-    """Projections shared by both mixers: ``qkv{gate_name}``, ``lepe`` and ``proj``."""
+    """Projections shared by both mixers: ``qkv{gate_name}``, ``lepe`` (its kernel
+    gradient compiled on CPU for large maps if ``fused_grad``) and ``proj``."""
 
     gate_name = ''
 
-    def __init__(self, embed_dims: int, num_heads: int):
+    def __init__(self, embed_dims: int, num_heads: int, fused_grad: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dims = _check_heads(embed_dims, num_heads)
         self.add_module(f'qkv{self.gate_name}', nn.Linear(embed_dims, 4 * embed_dims))
-        self.lepe = DepthwiseConv2d(embed_dims, LEPE_KERNEL)
+        self.lepe = DepthwiseConv2d(embed_dims, LEPE_KERNEL, fused_grad)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
     def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -85,15 +86,17 @@ class PolaPPLinearAttention(_GatedAttention):
         embed_dims (int): channels C.
         num_heads (int): heads h; C / h must be a multiple of 4.
         attn_impl (str): the core's implementation: 'auto' (the lean PyTorch path, its
-            elementwise steps compiled on CPU for large maps), 'torch' (the lean path,
-            eager) or 'reference' (the plain form, for checks).
+            elementwise steps and ``lepe``'s kernel gradient compiled on CPU for large
+            maps), 'torch' (the lean path, eager) or 'reference' (the plain form, for
+            checks).
     """
 
     gate_name = 'g'
 
     def __init__(self, embed_dims: int, num_heads: int, attn_impl: str = 'auto'):
-        super().__init__(embed_dims, num_heads)
-        self.attn_impl = check_polapp_attention_impl(attn_impl)
+        attn_impl = check_polapp_attention_impl(attn_impl)
+        super().__init__(embed_dims, num_heads, fused_grad=attn_impl == 'auto')
+        self.attn_impl = attn_impl
         self.s1 = nn.Parameter(torch.zeros(1, num_heads, 1, 2 * self.head_dims))
         self.s2 = nn.Parameter(torch.zeros(1, num_heads, 1, 2 * self.head_dims))
 

@@ -68,14 +68,15 @@ class Downsample(nn.Module):
 
 
 class ConvFFN(nn.Module):
-    """``fc2(u + dwconv(u))`` with ``u = GELU(fc1(x))`` and a depthwise 3x3 ``dwconv``:
+    """``fc2(u + dwconv(u))`` with ``u = GELU(fc1(x))`` and a depthwise 3x3 ``dwconv``
+    (its kernel gradient compiled on CPU for large maps if ``fused_grad``):
     (B, C, H, W) -> (B, C, H, W)."""
 
-    def __init__(self, embed_dims: int, hidden_dims: int):
+    def __init__(self, embed_dims: int, hidden_dims: int, fused_grad: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(embed_dims, hidden_dims)
         self.act = nn.GELU()
-        self.dwconv = DepthwiseConv2d(hidden_dims, 3)
+        self.dwconv = DepthwiseConv2d(hidden_dims, 3, fused_grad)
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -96,7 +97,9 @@ class PolaPPBlock(nn.Module):
         layer_scale_init (float): initial value of ``gamma_1`` and ``gamma_2``.
         drop_path_rate (float): stochastic depth of this block.
         with_cp (bool): recompute the block in backward to save memory.
-        attn_impl (str): core of the linear attention ('auto', 'torch', 'reference').
+        attn_impl (str): core of the linear attention ('auto', 'torch', 'reference');
+            with 'auto', the kernel gradients of the depthwise convolutions (``pos``, the
+            FFN's and the linear attention's ``lepe``) are compiled on CPU for large maps.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, linear: bool, mlp_ratio: float,
@@ -105,12 +108,13 @@ class PolaPPBlock(nn.Module):
         super().__init__()
         self.linear = linear
         self.with_cp = with_cp
-        self.pos = DepthwiseConv2d(embed_dims, 3)
+        fused_grad = attn_impl == 'auto'
+        self.pos = DepthwiseConv2d(embed_dims, 3, fused_grad)
         self.norm1 = ChannelLayerNorm(embed_dims)
         self.attn = (PolaPPLinearAttention(embed_dims, num_heads, attn_impl) if linear else
                      RoPESoftmaxAttention(embed_dims, num_heads))
         self.norm2 = ChannelLayerNorm(embed_dims)
-        self.ffn = ConvFFN(embed_dims, int(mlp_ratio * embed_dims))
+        self.ffn = ConvFFN(embed_dims, int(mlp_ratio * embed_dims), fused_grad)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.gamma_1 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init)))
         self.gamma_2 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init)))

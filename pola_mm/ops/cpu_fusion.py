@@ -16,6 +16,10 @@ import torch
 
 Result = TypeVar('Result')
 RECOMPILE_LIMIT = 64
+# maps of at least this many elements (a 512 x 512 image's stage 1) are worth fusing; on
+# smaller ones compiling (seconds per step and form of the inputs, once per process)
+# outweighs what it saves
+FUSE_MIN_ELEMENTS = 1 << 20
 
 
 class FusableStep:
@@ -64,7 +68,7 @@ def run_fused(body: Callable[[bool], Result], fuse: bool) -> Result:
             raise
         except Exception as error:  # no or a failing C++ compiler on this machine, ...
             _failure.append(error)
-            warnings.warn(f'the compiled (fused) CPU steps of the linear attention failed: '
+            warnings.warn(f'the compiled (fused) CPU steps of the PolaFormer++ layers failed: '
                           f'{type(error).__name__}: {error}\nRunning them eagerly from '
                           "now on (same numbers, slower); attn_impl='torch' does so from "
                           'the start.', RuntimeWarning, stacklevel=2)

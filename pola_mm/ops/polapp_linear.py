@@ -42,7 +42,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .cpu_fusion import run_fused
+from .cpu_fusion import FUSE_MIN_ELEMENTS, run_fused
 from .pola_reference import plain_polapp_linear_attention
 from .pola_torch import empty_in_memory_order
 from .polapp_steps import KEY_BUFFERS, QUERY_BUFFERS, key_grad, key_maps, query_grad, query_maps
@@ -166,12 +166,6 @@ def _gram_per_position(a: Tensor, b: Tensor, grid_shape: Tuple[int, int], by_col
             else:
                 torch.bmm(a_grid, b_grid, out=out[item, head])
     return out
-
-
-# q of at least this many elements (a 512 x 512 image's stage 1): with attn_impl='auto', on
-# CPU the elementwise steps run fused (:mod:`.polapp_steps`); on smaller maps compiling
-# them (seconds per step and form of the inputs, once per process) outweighs what it saves.
-FUSE_MIN_ELEMENTS = 1 << 20
 
 
 class _KeyStatistics(torch.autograd.Function):
