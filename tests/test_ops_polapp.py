@@ -133,7 +133,7 @@ def test_failing_fused_steps_warn_once_and_run_eagerly(fused_everywhere, monkeyp
     def no_compiler(*args):
         raise RuntimeError('no C++ compiler found')
 
-    monkeypatch.setattr(polapp_steps.query_grad, '_compiled', no_compiler)
+    monkeypatch.setattr(polapp_steps.query_grad.fused, '_compiled', no_compiler)
     args = inputs(1, 2, (5, 3), 8, torch.float64)
     with pytest.warns(RuntimeWarning, match="(?s)RuntimeError: no C\\+\\+ compiler found.*"
                       "attn_impl='torch'") as caught:

@@ -22,6 +22,26 @@ RECOMPILE_LIMIT = 64
 FUSE_MIN_ELEMENTS = 1 << 20
 
 
+class CompiledStep:
+    """``fn`` compiled with ``torch.compile(dynamic=True)`` at its first call: one
+    compilation serves all sizes; a new dtype or memory layout compiles once more. It
+    carries ``fn``'s name and docstring."""
+
+    def __init__(self, fn: Callable):
+        functools.update_wrapper(self, fn)
+        self._compiled = None
+        self._lock = threading.Lock()
+
+    def __call__(self, *args):
+        with self._lock:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.__wrapped__, dynamic=True)
+        # sizes of 1 (batch, heads), dtypes and layouts each compile once more: allow more
+        # than dynamo's default of 8 forms per function before it stops compiling
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return self._compiled(*args)
+
+
 class FusableStep:
     """One step in two forms of one signature, called with ``fuse`` saying which; it
     carries the eager form's name and docstring.
@@ -30,27 +50,16 @@ class FusableStep:
         eager (Callable): the step as in-place operations on buffers it is given: fast
             without compilation.
         fused (Callable): the same step written as plain math (elementwise operations and
-            reductions, results copied into the given outputs), compiled with
-            ``torch.compile(dynamic=True)`` at its first call: one compilation serves
-            all sizes; a new dtype or memory layout compiles once more.
+            reductions, results copied into the given outputs), run as a
+            :class:`CompiledStep`.
     """
 
     def __init__(self, eager: Callable, fused: Callable):
         functools.update_wrapper(self, eager)
-        self.eager, self.fused = eager, fused
-        self._compiled = None
-        self._lock = threading.Lock()
+        self.eager, self.fused = eager, CompiledStep(fused)
 
     def __call__(self, *args, fuse: bool):
-        if not fuse:
-            return self.eager(*args)
-        with self._lock:
-            if self._compiled is None:
-                self._compiled = torch.compile(self.fused, dynamic=True)
-        # sizes of 1 (batch, heads), dtypes and layouts each compile once more: allow more
-        # than dynamo's default of 8 forms per function before it stops compiling
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return self._compiled(*args)
+        return self.fused(*args) if fuse else self.eager(*args)
 
 
 _failure = []  # the first error of a fused run in this process, if any

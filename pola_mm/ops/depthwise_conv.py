@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .cpu_fusion import FUSE_MIN_ELEMENTS, FusableStep, run_fused
+from .cpu_fusion import FUSE_MIN_ELEMENTS, CompiledStep, run_fused
 
 
 def _conv_kernel_grad(x: Tensor, grad: Tensor, padding: Tuple[int, int]) -> Tensor:
@@ -32,7 +32,7 @@ def _shifted_products(x: Tensor, grad: Tensor, kernel_size: Tuple[int, int]) -> 
                         for i in range(kernel_size[0]) for j in range(kernel_size[1])], -1)
 
 
-shifted_products = FusableStep(_shifted_products, _shifted_products)
+shifted_products = CompiledStep(_shifted_products)
 
 # rows per band of :func:`_banded_kernel_grad`: about this many elements (2 MiB in float32)
 # per band of the gradient, so that the band's input and gradient stay in cache over the
@@ -55,8 +55,7 @@ def _banded_kernel_grad(x: Tensor, grad: Tensor, padding: Tuple[int, int]) -> Te
         first, last = max(0, top - pad_h), min(height, bottom + pad_h)  # input rows it reads
         band = F.pad(x[:, :, first:last],
                      (pad_w, pad_w, pad_h - (top - first), bottom + pad_h - last))
-        grad_weight = grad_weight + shifted_products(band, grad[:, :, top:bottom], kernel_size,
-                                                     fuse=True)
+        grad_weight = grad_weight + shifted_products(band, grad[:, :, top:bottom], kernel_size)
     return grad_weight.view(channels, 1, *kernel_size)
 
 
