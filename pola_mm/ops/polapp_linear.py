@@ -387,7 +387,7 @@ def _lean_polapp_attention(q: Tensor, k: Tensor, v: Tensor, s1: Tensor, s2: Tens
     temperatures = []
     for t_pos, t_neg in ((s1[..., :dims], s2[..., :dims]), (s2[..., dims:], s1[..., dims:])):
         temperatures += [(t_pos + t_neg) / 2, (t_pos - t_neg) / 2]
-    row_tables, col_tables = axes[:2], axes[2:]
+    row_tables, col_tables = (axes.row_cos, axes.row_sin), (axes.col_cos, axes.col_sin)
     return _QueryOutput.apply(
         q, *temperatures, matrix(kv_row, *row_tables, sim, pos_mean),
         matrix(kv_row, *row_tables, opp, pos_mean), matrix(kv_col, *col_tables, opp, neg_mean),
