@@ -14,27 +14,39 @@ from triton_interpreter import run_under_interpreter
 
 # (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
 # several chunks per reduction (chunk 32 with 97 tokens), every supported head dim (16,
-# 32 as Swin, 64 as PVT), and inputs that are views of (B, L, h*d) maps ('interleaved'),
-# as the layers pass them
+# 32 as Swin, 64 as PVT), and inputs that are views of (B, L, h*d) maps with a per-channel
+# scale ('interleaved'), as the layers pass them
 CASES = [(2, 3, 33, 33, 32, 1024, 'interleaved'), (1, 2, 1, 7, 32, 32, 'contiguous'),
          (1, 1, 97, 70, 64, 32, 'contiguous'), (2, 2, 7, 33, 64, 32, 'interleaved'),
          (1, 4, 40, 3, 32, 1024, 'contiguous'), (1, 2, 19, 45, 16, 32, 'interleaved')]
-# 'float32+bfloat16': q, k in fp32 and v in bf16, as bf16 autocast hands them to the core
-DTYPES = ('float32', 'bfloat16', 'float16', 'float32+bfloat16')
-TOLERANCE = {'float32': 1e-4, 'bfloat16': 2e-2, 'float16': 2e-2, 'float32+bfloat16': 2e-2}
+# q, k, v dtypes; 'autocast': bf16 q and v and fp32 k (the bf16 projection plus the fp32
+# positional encoding), as bf16 autocast hands them to the core
+DTYPES = {'float32': (torch.float32, ) * 3, 'bfloat16': (torch.bfloat16, ) * 3,
+          'float16': (torch.float16, ) * 3,
+          'autocast': (torch.bfloat16, torch.float32, torch.bfloat16)}
+TOLERANCE = {'float32': 1e-4, 'bfloat16': 2e-2, 'float16': 2e-2, 'autocast': 2e-2}
 
 
 def kernel_inputs(shape, dtype, seed):
-    """make_inputs for a DTYPES entry 'qk[+v]'."""
+    """make_inputs with q, k and v in the dtypes of the DTYPES entry ``dtype``."""
     from test_ops_pola_torch import make_inputs
-    qk_dtype, _, v_dtype = dtype.partition('+')
-    inputs, grad = make_inputs(*shape, getattr(torch, qk_dtype), seed=seed)
-    inputs[2] = inputs[2].to(getattr(torch, v_dtype or qk_dtype))
+    inputs, grad = make_inputs(*shape, torch.float32, seed=seed)
+    inputs[:3] = [t.to(t_dtype) for t, t_dtype in zip(inputs, DTYPES[dtype])]
     return inputs, grad
 
 
+def random_scale(heads, dims, seed):
+    """A (1, h, 1, d) divisor in [0.5, 1.5) (the models' ``softplus(scale)``)."""
+    return 0.5 + torch.rand(1, heads, 1, dims, generator=torch.Generator().manual_seed(seed))
+
+
+def scaled(fn):
+    """``fn(q, k, v, p)`` as a function of (q, k, v, p[, s]) that divides q and k by s."""
+    return lambda q, k, v, p, *s: fn(q / s[0], k / s[0], v, p) if s else fn(q, k, v, p)
+
+
 def compare_all(device='cpu'):
-    """Relative errors {case + dtype: {out, q, k, v, p}} of the kernels against the
+    """Relative errors {case + dtype: {out, q, k, v, p[, scale]}} of the kernels against the
     reference; on 'cpu' (the child process) through the interpreter."""
     from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton, triton_interpreted
@@ -49,13 +61,16 @@ def compare_all(device='cpu'):
             if layout == 'interleaved':  # (B, h, L, d) views of (B, L, h, d) memory
                 inputs[:3] = [t.transpose(1, 2).contiguous().transpose(1, 2)
                               for t in inputs[:3]]
+                inputs.append(random_scale(shape[1], shape[4], seed=sum(shape)).to(device))
             out, grads = forward_backward(
-                lambda *t: polarity_linear_attention_triton(*t, chunk=chunk), inputs, grad)
+                lambda q, k, v, p, *s: polarity_linear_attention_triton(
+                    q, k, v, p, chunk=chunk, scale=s[0] if s else None), inputs, grad)
             # fp32: float64 ground truth; half: the reference with the same half inputs
             ref_inputs = [t.double() for t in inputs] if dtype == 'float32' else inputs
-            ref, ref_grads = forward_backward(plain_polarity_attention, ref_inputs, grad)
+            ref, ref_grads = forward_backward(scaled(plain_polarity_attention), ref_inputs,
+                                              grad)
             errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
-            for name, ours, theirs in zip('qkvp', grads, ref_grads):
+            for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
                 errors[name] = rel_err(ours, theirs)
             results[str(case) + dtype] = errors
     results['scale'] = compare_scaled_dispatch(device)
@@ -64,21 +79,21 @@ def compare_all(device='cpu'):
 
 
 def compare_scaled_dispatch(device):
-    """Errors of ``polarity_linear_attention(..., impl='triton', scale=s)`` (which divides q
-    and k before the kernels) against the reference of q / s and k / s, in float64."""
+    """Errors of ``polarity_linear_attention(..., impl='triton', scale=s)`` (which hands
+    the scale to the kernels' mixing matrices) against the reference of q / s and k / s,
+    in float64."""
     from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.polarity_attention import polarity_linear_attention
     from test_ops_pola_torch import forward_backward, rel_err
     shape = CASES[0][:5]
     inputs, grad = kernel_inputs(shape, 'float32', seed=1)
-    scale = 0.5 + torch.rand(1, shape[1], 1, shape[4], generator=torch.Generator().manual_seed(2))
+    scale = random_scale(shape[1], shape[4], seed=2)
     inputs, grad = [t.to(device) for t in inputs + [scale]], grad.to(device)
     out, grads = forward_backward(
         lambda q, k, v, p, s: polarity_linear_attention(q, k, v, p, impl='triton', scale=s),
         inputs, grad)
-    ref, ref_grads = forward_backward(
-        lambda q, k, v, p, s: plain_polarity_attention(q / s, k / s, v, p),
-        [t.double() for t in inputs], grad.double())
+    ref, ref_grads = forward_backward(scaled(plain_polarity_attention),
+                                      [t.double() for t in inputs], grad.double())
     errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
     for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
         errors[name] = rel_err(ours, theirs)
@@ -86,13 +101,13 @@ def compare_scaled_dispatch(device):
 
 
 def compare_half_output(device):
-    """Under autocast the layer hands the core bf16 q, k, v and an fp32 scale, so q / scale
-    is fp32: the result must still be bf16, as the PyTorch path's, and match it."""
+    """Under autocast the layer hands the core bf16 q and v, fp32 k and an fp32 scale: the
+    result must be bf16, as the PyTorch path's, and match it."""
     from pola_mm.ops.polarity_attention import polarity_linear_attention
     from test_ops_pola_torch import forward_backward, rel_err
     shape = CASES[0][:5]
-    inputs, grad = kernel_inputs(shape, 'bfloat16', seed=3)
-    scale = 0.5 + torch.rand(1, shape[1], 1, shape[4], generator=torch.Generator().manual_seed(4))
+    inputs, grad = kernel_inputs(shape, 'autocast', seed=3)
+    scale = random_scale(shape[1], shape[4], seed=4)
     inputs, grad = [t.to(device) for t in inputs + [scale]], grad.to(device)
     results = {}
     for impl in ('triton', 'torch'):
@@ -136,11 +151,11 @@ def test_compiled_kernels_match_reference_on_cuda(cuda_results, case, dtype):
     check_errors(cuda_results[str(case) + dtype], dtype)
 
 
-def test_dispatch_divides_by_scale_before_kernels(interpreter_results):
+def test_dispatch_hands_the_scale_to_the_kernels(interpreter_results):
     check_errors(interpreter_results['scale'], 'float32')
 
 
-def test_compiled_dispatch_divides_by_scale_on_cuda(cuda_results):
+def test_compiled_dispatch_hands_the_scale_to_the_kernels_on_cuda(cuda_results):
     check_errors(cuda_results['scale'], 'float32')
 
 

@@ -1,7 +1,7 @@
 """The released architectures with ``attn_impl='triton'`` against ``'torch'``: every
 distinct Pola layer (embed dims, head count, projection) of every released arch, and one
 whole backbone per family at a small input, forward and gradients, in fp32 and under
-bf16 autocast (which hands the core fp32 q and k with bf16 v).
+bf16 autocast (which hands the core bf16 q and v with fp32 k).
 
 No GPU in CI: the kernels run in Triton's CPU interpreter, in a child process (this file
 run as a script with ``TRITON_INTERPRET=1``, as in ``test_ops_pola_triton.py``).

@@ -289,6 +289,15 @@ def polarity_linear_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tens
     """
     check_polarity_inputs(q, k, v, power, scale)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        statistics = KeyStatistics.apply(k, v, power)
-        top, bottom = mixing_matrices(*statistics, scale_row_weight(power, scale))
-        return QueryOutput.apply(q, power, top, bottom, eps).to(q.dtype)
+        return row_weighted_attention_torch(q, k, v, power, eps,
+                                            scale_row_weight(power, scale))
+
+
+def row_weighted_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
+                                 row_weight: Optional[Tensor]) -> Tensor:
+    """:func:`polarity_linear_attention_torch` with the scale given as its row weight
+    (:func:`scale_row_weight`, or None for no scale), with autocast already off: the
+    Triton path's stand-in when its backward kernels fail."""
+    statistics = KeyStatistics.apply(k, v, power)
+    top, bottom = mixing_matrices(*statistics, row_weight)
+    return QueryOutput.apply(q, power, top, bottom, eps).to(q.dtype)

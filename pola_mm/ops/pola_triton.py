@@ -14,11 +14,14 @@ fp32 accumulation:
 
 Partial sums over chunks are added in PyTorch (deterministic, no atomics); the tiny
 (2d, d + 2) re-arrangement between ``[P; M]`` and ``W`` is the lean path's
-``mixing_matrices``, differentiated by autograd.
+``mixing_matrices``, differentiated by autograd. The per-channel ``scale`` that divides q
+and k enters there as well, as the lean path's row weight ``scale^-2p`` of ``W``
+(:func:`~pola_mm.ops.pola_torch.scale_row_weight`): the kernels read q and k as the
+projections left them, and no divided copy of either is made or kept for backward.
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
 output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
-Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and k arrive in fp32,
-after the division by the fp32 scale, and v in half); the output has the dtype asked for
+Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and v arrive in half and
+k in fp32, after the addition of the fp32 positional encoding); the output has the dtype asked for
 (the PyTorch path's: the input's). The products run in TF32 where PyTorch's own float32
 matmul setting allows it (``torch.backends.cuda.matmul.allow_tf32``) on an NVIDIA GPU of
 compute capability 8.0 or later, else in IEEE fp32
@@ -37,7 +40,8 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import check_polarity_inputs, mixing_matrices, polarity_linear_attention_torch
+from .pola_torch import (check_polarity_inputs, mixing_matrices, row_weighted_attention_torch,
+                         scale_row_weight)
 from .triton_compile import BLOCK_TOKENS, NUM_WARPS, SUPPORTED_HEAD_DIMS, kernel_precision
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -285,19 +289,21 @@ def _dense_last_dim(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _state_to_mixing(state: Tensor, num_keys: int) -> Tensor:
-    """(BH, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (BH, 2d, d + 2): the lean path's
-    :func:`~pola_mm.ops.pola_torch.mixing_matrices`, stacked."""
+def _state_to_mixing(state: Tensor, num_keys: int, row_weight: Optional[Tensor]) -> Tensor:
+    """(B, h, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (B, h, 2d, d + 2), contiguous: the
+    lean path's :func:`~pola_mm.ops.pola_torch.mixing_matrices`, stacked, with its
+    ``row_weight`` (1, h, 1, d) (or None)."""
     dims = state.shape[-1] - 1
     state = state / num_keys
-    means = state[..., dims:].transpose(-2, -1)  # (BH, 1, 2d)
+    means = state[..., dims:].transpose(-2, -1)  # (B, h, 1, 2d)
     top, bottom = mixing_matrices(state[..., :dims, :dims], state[..., dims:, :dims],
-                                  means[..., :dims], means[..., dims:])
+                                  means[..., :dims], means[..., dims:], row_weight)
     return torch.cat([top, bottom], dim=-2).contiguous()
 
 
-def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, eps: float,
-                     chunk: int, out_dtype: torch.dtype, precision: str):
+def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor,
+                     row_weight: Optional[Tensor], eps: float, chunk: int,
+                     out_dtype: torch.dtype, precision: str):
     """Launch the key-state and output kernels; return (out, key_state, mixing, inv_norm)."""
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
@@ -306,8 +312,8 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, eps: floa
     _key_state_kernel[(key_chunks, batch * heads)](
         k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
         BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
-    key_state = state.sum(1)
-    mixing = _state_to_mixing(key_state, num_keys)
+    key_state = state.sum(1).view(batch, heads, 2 * dims, dims + 1)
+    mixing = _state_to_mixing(key_state, num_keys, row_weight)
 
     # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
     out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
@@ -319,9 +325,11 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, eps: floa
 
 
 def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power: Tensor, power32: Tensor,
-                      key_state: Tensor, mixing: Tensor, out: Tensor, inv_norm: Tensor,
-                      grad_out: Tensor, chunk: int, precision: str):
-    """Launch the two backward kernels; return the gradients of q, k, v and power."""
+                      row_weight: Optional[Tensor], key_state: Tensor, mixing: Tensor,
+                      out: Tensor, inv_norm: Tensor, grad_out: Tensor, chunk: int,
+                      precision: str):
+    """Launch the two backward kernels; return the gradients of q, k, v, power and
+    ``row_weight`` (None if it is None)."""
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
     query_chunks = _num_chunks(num_queries, chunk)
@@ -337,9 +345,14 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power: Tensor, power32: T
 
     with torch.enable_grad():  # the small (2d, d + 1) -> (2d, d + 2) step, by autograd
         key_state = key_state.detach().requires_grad_()
-        grad_state, = torch.autograd.grad(_state_to_mixing(key_state, num_keys), key_state,
-                                          grad_mixing.sum(1))
-    grad_state = grad_state.contiguous()  # (BH, 2d, d + 1)
+        leaves = [key_state]
+        if row_weight is not None:
+            row_weight = row_weight.detach().requires_grad_()
+            leaves.append(row_weight)
+        mixing_grads = torch.autograd.grad(_state_to_mixing(key_state, num_keys, row_weight),
+                                           leaves, grad_mixing.sum(1).view_as(mixing))
+    grad_state = mixing_grads[0].contiguous()  # (B, h, 2d, d + 1)
+    grad_row_weight = mixing_grads[1] if row_weight is not None else None
 
     key_chunks = _num_chunks(num_keys, chunk)
     grad_k = torch.empty_like(k)
@@ -352,49 +365,55 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power: Tensor, power32: T
 
     grad_power = (grad_power_q.sum(1) + grad_power_k.sum(1)).view(batch, heads, 1, dims)
     grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
-    return grad_q, grad_k, grad_v, grad_power
+    return grad_q, grad_k, grad_v, grad_power, grad_row_weight
 
 
-def _torch_gradients(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
-                     out_dtype: torch.dtype, grad_out: Tensor):
+def _torch_gradients(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
+                     row_weight: Optional[Tensor], eps: float, out_dtype: torch.dtype,
+                     grad_out: Tensor):
     """The same gradients through the lean PyTorch path (after a kernel failure)."""
     with torch.enable_grad():
-        inputs = [t.detach().requires_grad_() for t in (q, k, v, power)]
-        out = polarity_linear_attention_torch(*inputs, eps).to(out_dtype)
-        return torch.autograd.grad(out, inputs, grad_out)
+        inputs = [t.detach().requires_grad_() for t in (q, k, v, power, row_weight)
+                  if t is not None]
+        out = row_weighted_attention_torch(*inputs[:4], eps, *inputs[4:]).to(out_dtype)
+        grads = torch.autograd.grad(out, inputs, grad_out)
+    return grads if row_weight is not None else (*grads, None)
 
 
 class TritonPolarityAttentionFunction(torch.autograd.Function):
     """Autograd Function over the four kernels; see :func:`polarity_linear_attention_triton`."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float, chunk: int,
-                out_dtype: torch.dtype, guard) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor,
+                row_weight: Optional[Tensor], eps: float, chunk: int, out_dtype: torch.dtype,
+                guard) -> Tensor:
         heads, dims = q.shape[1], q.shape[3]
         q, k, v = (_dense_last_dim(t) for t in (q, k, v))  # heads may stay interleaved
         power32 = power.float().expand(1, heads, 1, dims).reshape(heads, dims).contiguous()
         precision = kernel_precision(q.device)
         with _on_device(q):
-            out, key_state, mixing, inv_norm = _forward_kernels(q, k, v, power32, eps, chunk,
-                                                                out_dtype, precision)
-        ctx.save_for_backward(q, k, v, power, power32, key_state, mixing, out, inv_norm)
+            out, key_state, mixing, inv_norm = _forward_kernels(q, k, v, power32, row_weight,
+                                                                eps, chunk, out_dtype,
+                                                                precision)
+        ctx.save_for_backward(q, k, v, power, power32, row_weight, key_state, mixing, out,
+                              inv_norm)
         ctx.config = (eps, chunk, out_dtype, precision, guard)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, power, power32, key_state, mixing, out, inv_norm = ctx.saved_tensors
+        q, k, v, power, power32, row_weight, key_state, mixing, out, inv_norm = ctx.saved_tensors
         eps, chunk, out_dtype, precision, guard = ctx.config
         grad_out = _dense_last_dim(grad_out)
         try:
             with _on_device(q):
-                grads = _backward_kernels(q, k, v, power, power32, key_state, mixing, out,
-                                          inv_norm, grad_out, chunk, precision)
+                grads = _backward_kernels(q, k, v, power, power32, row_weight, key_state,
+                                          mixing, out, inv_norm, grad_out, chunk, precision)
         except Exception as error:
             if guard is None:
                 raise
             guard.failed(error, 'backward')  # raises unless the PyTorch path may take over
-            grads = _torch_gradients(q, k, v, power, eps, out_dtype, grad_out)
+            grads = _torch_gradients(q, k, v, power, row_weight, eps, out_dtype, grad_out)
         else:
             if guard is not None:
                 guard.passed('backward')
@@ -415,7 +434,7 @@ def triton_interpreted() -> bool:
 def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                                      eps: float = 1e-6, chunk: int = 256,
                                      out_dtype: Optional[torch.dtype] = None,
-                                     guard=None) -> Tensor:
+                                     guard=None, scale: Optional[Tensor] = None) -> Tensor:
     """Fused-kernel polarity-aware linear attention; same contract as
     :func:`pola_mm.ops.polarity_attention.polarity_linear_attention`.
 
@@ -433,11 +452,13 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
             ``guard.passed('backward')`` or ``guard.failed(error, 'backward')``; the latter
             raises, or returns to have the gradients computed by the PyTorch path. None:
             errors propagate.
+        scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k, folded into
+            the small mixing matrices (q and k are not divided).
 
     Returns:
         Tensor: (B, h, N, d) of ``out_dtype``, laid out as (B, N, h, d) in memory.
     """
-    check_polarity_inputs(q, k, v, power)
+    check_polarity_inputs(q, k, v, power, scale)
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f'the Triton kernels need head dims in {SUPPORTED_HEAD_DIMS}, '
                          f"got {q.shape[-1]}; attn_impl='torch' runs any even head dims")
@@ -450,5 +471,6 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
         raise RuntimeError('the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1); '
                            "attn_impl='torch' runs on any device")
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return TritonPolarityAttentionFunction.apply(q, k, v, power, eps, chunk,
-                                                     out_dtype or q.dtype, guard)
+        return TritonPolarityAttentionFunction.apply(q, k, v, power,
+                                                     scale_row_weight(power, scale), eps,
+                                                     chunk, out_dtype or q.dtype, guard)

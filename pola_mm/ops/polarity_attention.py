@@ -107,18 +107,14 @@ def _run_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
     status = _KERNEL_STATUS.get(key)
     if fallback and status == 'failed':
         return None
-    out_dtype = q.dtype
-    if scale is not None:
-        q, k = q / scale, k / scale
     guard = _KernelGuard(key, fallback)
     if status in ('forward', 'verified'):  # its forward has run: at most backward unproven
         from .pola_triton import polarity_linear_attention_triton
-        return polarity_linear_attention_triton(q, k, v, power, eps, out_dtype=out_dtype,
+        return polarity_linear_attention_triton(q, k, v, power, eps, scale=scale,
                                                 guard=guard if status == 'forward' else None)
     try:  # importing the kernels (Triton itself) can fail too
         from .pola_triton import polarity_linear_attention_triton
-        out = polarity_linear_attention_triton(q, k, v, power, eps, out_dtype=out_dtype,
-                                               guard=guard)
+        out = polarity_linear_attention_triton(q, k, v, power, eps, scale=scale, guard=guard)
     except Exception as error:  # noqa: BLE001 (any kernel failure, see _KernelGuard)
         guard.failed(error, 'forward')
         return None
@@ -156,8 +152,8 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
             pass their first call, else PyTorch), 'torch', 'triton' or 'reference' (the
             plain official math: slow, for comparison).
         scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k
-            (``softplus(scale)`` of the models); the PyTorch path folds it into its small
-            matrices instead of dividing the (B, h, L, d) tensors.
+            (``softplus(scale)`` of the models); the PyTorch path and the kernels fold it
+            into their small matrices instead of dividing the (B, h, L, d) tensors.
 
     Returns:
         Tensor: (B, h, N, d) of ``q``'s dtype; channels ``[:d/2]`` come from the sim

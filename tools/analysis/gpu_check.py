@@ -6,10 +6,12 @@ and does nothing else. It runs, in order:
 
 1. ``kernels``: the compiled Triton kernels (``attn_impl='triton'``) against the plain
    official math (:mod:`pola_mm.ops.pola_reference`), forward and gradients, for every
-   supported head dim, in fp32, bf16, fp16 and fp32 q/k with bf16 v (as bf16 autocast
+   supported head dim, in fp32, bf16, fp16 and bf16 q/v with fp32 k (as bf16 autocast
    hands them over); IEEE products, and TF32 with
-   ``torch.set_float32_matmul_precision('high')``. Relative error against float64
-   (fp32, IEEE), else against the reference on the same inputs.
+   ``torch.set_float32_matmul_precision('high')``; with a per-channel ``scale`` (folded
+   into the kernels' mixing matrices) against the reference on q/scale and k/scale.
+   Relative error of the output and of the q, k, v, power and scale gradients against
+   float64 (fp32, IEEE), else against the reference on the same inputs.
 2. ``backbones``: every released PolaFormer backbone at its pretraining size, batch 2,
    forward and backward with ``attn_impl='triton'`` against ``'torch'`` on the same
    weights, in fp32: relative error of the four outputs, of all parameter gradients
@@ -55,8 +57,11 @@ CHECKS = ('kernels', 'backbones', 'polapp', 'training', 'benchmark')
 DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'fcos_pola-pvt-mini_shapes-256.py'
 # (batch, heads, queries, keys, chunk): odd token counts, several chunks, keys != queries
 KERNEL_SHAPES = [(2, 3, 333, 333, 256), (1, 2, 97, 70, 32), (2, 5, 1000, 250, 256)]
-KERNEL_DTYPES = {'fp32': (torch.float32, torch.float32), 'bf16': (torch.bfloat16, ) * 2,
-                 'fp16': (torch.float16, ) * 2, 'fp32+bf16': (torch.float32, torch.bfloat16)}
+# q, k, v dtypes; 'autocast': as bf16 autocast hands them over (k fp32 after the fp32
+# positional encoding is added)
+KERNEL_DTYPES = {'fp32': (torch.float32, ) * 3, 'bf16': (torch.bfloat16, ) * 3,
+                 'fp16': (torch.float16, ) * 3,
+                 'autocast': (torch.bfloat16, torch.float32, torch.bfloat16)}
 KERNEL_TOLERANCE = {'fp32': 1e-4, 'tf32': 5e-3, 'half': 2e-2}
 BACKBONE_TOLERANCE = 1e-3
 TRAIN_ITERS = 50
@@ -83,7 +88,7 @@ def check_kernels(device: torch.device) -> Dict:
     for precision in ('highest', 'high'):  # IEEE, then TF32 products
         torch.set_float32_matmul_precision(precision)
         try:
-            for dtype_name, (qk_dtype, v_dtype) in KERNEL_DTYPES.items():
+            for dtype_name, (q_dtype, k_dtype, v_dtype) in KERNEL_DTYPES.items():
                 for dims in SUPPORTED_HEAD_DIMS:
                     worst = 0.
                     for seed, (batch, heads, queries, keys, chunk) in enumerate(KERNEL_SHAPES):
@@ -92,16 +97,18 @@ def check_kernels(device: torch.device) -> Dict:
                         k, v = (torch.randn(batch, heads, keys, dims, generator=gen)
                                 for _ in range(2))
                         power = 1 + 4 * torch.rand(1, heads, 1, dims, generator=gen)
+                        scale = 0.5 + torch.rand(1, heads, 1, dims, generator=gen)
                         grad = torch.randn(batch, heads, queries, dims, generator=gen)
-                        inputs = [q.to(device, qk_dtype), k.to(device, qk_dtype),
-                                  v.to(device, v_dtype), power.to(device)]
+                        inputs = [q.to(device, q_dtype), k.to(device, k_dtype),
+                                  v.to(device, v_dtype), power.to(device), scale.to(device)]
                         out, grads = forward_backward(
-                            lambda *t: polarity_linear_attention_triton(*t, chunk=chunk),
-                            inputs, grad.to(device))
+                            lambda q, k, v, p, s: polarity_linear_attention_triton(
+                                q, k, v, p, chunk=chunk, scale=s), inputs, grad.to(device))
                         exact = dtype_name == 'fp32'
                         ref_inputs = [t.double() for t in inputs] if exact else inputs
-                        ref, ref_grads = forward_backward(plain_polarity_attention, ref_inputs,
-                                                          grad.to(device))
+                        ref, ref_grads = forward_backward(
+                            lambda q, k, v, p, s: plain_polarity_attention(q / s, k / s, v, p),
+                            ref_inputs, grad.to(device))
                         worst = max([worst, relative_error(out, ref)] +
                                     [relative_error(a, b) for a, b in zip(grads, ref_grads)])
                     tolerance = KERNEL_TOLERANCE['half' if dtype_name != 'fp32' else
