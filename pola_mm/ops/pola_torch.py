@@ -266,8 +266,9 @@ class QueryOutput(torch.autograd.Function):
 
 def scale_row_weight(power: Tensor, scale: Optional[Tensor]) -> Optional[Tensor]:
     """``scale^-2p`` (1, h, 1, d): dividing q and k by ``scale`` scales channel i of both
-    polarity maps by ``scale_i^-p_i``."""
-    return None if scale is None else scale.float().pow(-2 * power.float())
+    polarity maps by ``scale_i^-p_i``. Written as ``exp(-2p log scale)``: its backward is
+    a third of the small kernels of ``pow(scale, -2p)``'s."""
+    return None if scale is None else torch.exp(scale.float().log() * (-2 * power.float()))
 
 
 def polarity_linear_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
