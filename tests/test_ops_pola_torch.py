@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pola_mm.ops.pola_reference import plain_polarity_attention
-from pola_mm.ops.pola_torch import polarity_linear_attention_torch, signed_power
+from pola_mm.ops.pola_torch import mixing_matrix, polarity_linear_attention_torch, signed_power
 
 # (batch, heads, queries N, keys n, head dims d)
 SHAPES = [(2, 3, 33, 33, 32), (1, 1, 1, 3, 32), (2, 2, 7, 5, 64), (1, 2, 97, 12, 64),
@@ -62,6 +62,37 @@ def test_scale_is_folded_exactly(scale_shape):
     for name, ours, theirs in zip(('q', 'k', 'v', 'power', 'scale'), grads, ref_grads):
         assert ours.shape == theirs.shape, name
         assert rel_err(ours, theirs) < 1e-5, name
+
+
+def mixing_by_definition(state, row_weight):
+    """``[W_top; W_bot]`` spelled out from the key state ``[[P, m+], [M, m-]]``."""
+    dims = state.shape[-1] - 1
+    half = dims // 2
+    pos_v, neg_v = state[..., :dims, :dims], state[..., dims:, :dims]
+    pos_mean, neg_mean = state[..., :dims, dims:], state[..., dims:, dims:]
+    top = torch.cat([pos_v[..., :half], neg_v[..., half:], pos_mean, neg_mean], dim=-1)
+    bottom = torch.cat([neg_v[..., :half], pos_v[..., half:], neg_mean, pos_mean], dim=-1)
+    weight = 1 if row_weight is None else row_weight.transpose(-2, -1)
+    return torch.cat([top * weight, bottom * weight], dim=-2)
+
+
+@pytest.mark.parametrize('weight_shape', [None, (1, 3, 1, 6), (1, 1, 1, 6), (1, 3, 1, 1)])
+def test_mixing_matrix_matches_its_definition(weight_shape):
+    """The key state's re-arrangement into the mixing matrices, forward and gradients
+    (float64), with per-head, shared and per-head scalar row weights."""
+    gen = torch.Generator().manual_seed(5)
+    state = torch.randn(2, 3, 12, 7, generator=gen, dtype=torch.float64)
+    inputs = [state] if weight_shape is None else [
+        state, torch.rand(weight_shape, generator=gen, dtype=torch.float64) + 0.5]
+    grad = torch.randn(2, 3, 12, 8, generator=gen, dtype=torch.float64)
+    out, grads = forward_backward(lambda s, *w: mixing_matrix(s, *w), inputs, grad)
+    ref, ref_grads = forward_backward(lambda s, *w: mixing_by_definition(s, *w or [None]),
+                                      inputs, grad)
+    assert out.shape == (2, 3, 12, 8) and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for ours, theirs in zip(grads, ref_grads):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
 
 
 def test_heads_split_and_merge_without_copies():

@@ -7,24 +7,25 @@ one ``(B, h, L, d)`` signed power per input and products with small (d, *) matri
 * ``relu(x)^p`` and ``relu(-x)^p`` have disjoint supports, so with the signed power
   ``s = sign(x) |x|^p`` they are ``relu(s)`` and ``relu(-s)``: two clamps of one tensor.
 * The keys enter only through ``k+^T v``, ``k-^T v`` (d, d) and the means of ``k+`` and
-  ``k-`` (d,): :class:`KeyStatistics`.
+  ``k-`` (d,): the key state ``[k+, k-]^T [v, 1] / n`` (2d, d + 1), :class:`KeyStatistics`.
 * ``q_opp = [q-, q+]`` is a channel permutation of ``q_sim = [q+, q-]``, so both streams
   and both normalisers are the d + 2 columns of ``q+ @ W_top + q- @ W_bot`` for two
-  (d, d + 2) matrices (:func:`mixing_matrices`), applied and normalised by
-  :class:`QueryOutput`.
+  (d, d + 2) matrices, a re-arrangement of the key state (:class:`MixingMatrix`), applied
+  and normalised by :class:`QueryOutput`.
 * Dividing q and k by a per-channel ``scale`` before the maps multiplies channel i of both
   maps by ``scale_i^-p_i``, i.e. row i of the small matrices by ``scale_i^-2p_i``; so the
   division never touches the (B, h, L, d) tensors.
 
-The two autograd Functions keep for backward only their inputs (views, no copy), the small
-matrices and the output with its normalisers; ``s`` is recomputed (one power, cheaper on CPU
-than the allocation of keeping it), and the small-matrix algebra between the Functions is
-left to autograd. Every product takes non-negative features times one
-matrix, so nothing cancels. Matrix products run per batch item over the heads (:func:`_bmm`), so
-inputs whose heads are interleaved in memory (heads split off a (B, L, h*d) projection)
-are read in place; the large temporaries and the gradients follow the inputs' memory order,
-and the output is laid out as (B, N, h, d), so neither merging the heads of the output nor
-autograd's backward through the head split costs a copy.
+The two autograd Functions over the (B, h, L, d) maps keep for backward only their inputs
+(views, no copy), the small matrices and the output with its normalisers; ``s`` is
+recomputed (one power, cheaper on CPU than the allocation of keeping it). The small step
+between them, key state to mixing matrices, is a third Function of one gather each way.
+Every product takes non-negative features times one matrix, so nothing cancels. Matrix
+products run per batch item over the heads (:func:`_bmm`), so inputs whose heads are
+interleaved in memory (heads split off a (B, L, h*d) projection) are read in place; the
+large temporaries and the gradients follow the inputs' memory order, and the output is laid
+out as (B, N, h, d), so neither merging the heads of the output nor autograd's backward
+through the head split costs a copy.
 """
 from typing import Optional, Tuple
 
@@ -144,31 +145,37 @@ def _restore_power_grad(grad_power: Tensor, power: Tensor) -> Tensor:
 
 
 class KeyStatistics(torch.autograd.Function):
-    """(k, v, power) -> ``k+^T v / n``, ``k-^T v / n`` (B, h, d, d) and the means of ``k+``
-    and ``k-`` over the keys (B, h, 1, d), with ``k+ = relu(s)``, ``k- = relu(-s)``,
-    ``s = signed_power(k, p)``; computed in float32."""
+    """(k, v, power) -> the key state (B, h, 2d, d + 1) in float32::
+
+        [[k+^T v / n, mean(k+)^T],
+         [k-^T v / n, mean(k-)^T]]  =  [k+, k-]^T [v, 1] / n
+
+    with ``k+ = relu(s)``, ``k- = relu(-s)``, ``s = signed_power(k, p)``."""
 
     @staticmethod
     def forward(ctx, k: Tensor, v: Tensor, power: Tensor):
-        num_keys = k.shape[-2]
+        batch, heads, num_keys, dims = k.shape
         signed = signed_power(k, power.float())
         v32 = v.float()
+        state = signed.new_empty(batch, heads, 2 * dims, dims + 1)
         part = signed.clamp(min=0)
-        pos_v = _bmm(part.transpose(-2, -1), v32).div_(num_keys)
-        pos_mean = part.mean(dim=-2, keepdim=True)
+        _bmm(part.transpose(-2, -1), v32, out=state[..., :dims, :dims])
+        torch.mean(part, dim=-2, out=state[..., :dims, dims])
         part = _neg_part(signed, out=part)
-        neg_v = _bmm(part.transpose(-2, -1), v32).div_(num_keys)
-        neg_mean = part.mean(dim=-2, keepdim=True)
+        _bmm(part.transpose(-2, -1), v32, out=state[..., dims:, :dims])
+        torch.mean(part, dim=-2, out=state[..., dims:, dims])
+        state[..., :dims].div_(num_keys)
         ctx.save_for_backward(k, v, power)
-        return pos_v, neg_v, pos_mean, neg_mean
+        return state
 
     @staticmethod
-    def backward(ctx, grad_pos_v, grad_neg_v, grad_pos_mean, grad_neg_mean):
+    def backward(ctx, grad_state):
         k, v, power = ctx.saved_tensors
         power32 = power.float()
         signed = signed_power(k, power32)  # recomputed: cheaper than keeping it
-        num_keys = k.shape[-2]
-        grad_pos_v, grad_neg_v = grad_pos_v / num_keys, grad_neg_v / num_keys
+        dims = k.shape[-1]
+        grad_state = grad_state / k.shape[-2]
+        grad_pos_v, grad_neg_v = grad_state[..., :dims, :dims], grad_state[..., dims:, :dims]
         v32 = v.float()
         part = signed.clamp(min=0)
         grad_v = None
@@ -179,10 +186,10 @@ class KeyStatistics(torch.autograd.Function):
             grad_v = _add_bmm_(grad_v, neg_part, grad_neg_v).to(v.dtype)
         grad_k = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            grad_pos = _bmm(v32, grad_pos_v.transpose(-2, -1),
-                            out=empty_in_memory_order(signed)).add_(grad_pos_mean / num_keys)
-            grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1),
-                            out=empty_in_memory_order(signed)).add_(grad_neg_mean / num_keys)
+            grad_pos = _bmm(v32, grad_pos_v.transpose(-2, -1), out=empty_in_memory_order(signed))
+            grad_pos.add_(grad_state[..., :dims, dims].unsqueeze(-2))  # the mean's share
+            grad_neg = _bmm(v32, grad_neg_v.transpose(-2, -1), out=empty_in_memory_order(signed))
+            grad_neg.add_(grad_state[..., dims:, dims].unsqueeze(-2))
             grad_signed = polarity_backward_(grad_pos, grad_neg, signed, neg_part)
             del grad_neg, neg_part, part
             grad_k, grad_power = signed_power_backward_(k, signed, power32, grad_signed)
@@ -191,35 +198,77 @@ class KeyStatistics(torch.autograd.Function):
         return grad_k, grad_v, grad_power
 
 
-def mixing_matrices(pos_v: Tensor, neg_v: Tensor, pos_mean: Tensor, neg_mean: Tensor,
-                    row_weight: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The (B, h, d, d + 2) matrices ``W_top`` and ``W_bot`` from the key statistics.
+def _swap_polarities(t: Tensor) -> Tensor:
+    """(B, h, 2d, c) -> the same with its two halves of rows (k+ and k-) exchanged."""
+    dims = t.shape[-2] // 2
+    return torch.cat([t[..., dims:, :], t[..., :dims, :]], dim=-2)
 
-    With ``P = k+^T v``, ``M = k-^T v``, the means ``m+``, ``m-`` and d/2 = half the value
-    channels (sim stream: first half, opp stream: second half)::
+
+def _row_weight_column(row_weight: Tensor) -> Tensor:
+    """(1, h, 1, d) -> (1, h, 1, d, 1): broadcasts over W viewed as (B, h, 2, d, d + 2)."""
+    return row_weight.transpose(-2, -1).unsqueeze(2)
+
+
+class MixingMatrix(torch.autograd.Function):
+    """(key state S (B, h, 2d, d + 1), row weight (1, h, 1, d) or None) -> the stacked
+    mixing matrices ``W = [W_top; W_bot]`` (B, h, 2d, d + 2), contiguous. With
+    ``S = [[P, m+], [M, m-]]`` (:class:`KeyStatistics`) and d/2 = half the value channels
+    (sim stream: first half, opp stream: second half)::
 
         W_top = [P[:, :d/2], M[:, d/2:], m+, m-]   # multiplies q+
         W_bot = [M[:, :d/2], P[:, d/2:], m-, m+]   # multiplies q-
 
-    ``row_weight`` (1, h, 1, d), if given, multiplies row i of both.
-    """
-    half = pos_v.shape[-1] // 2
-    pos_mean, neg_mean = pos_mean.transpose(-2, -1), neg_mean.transpose(-2, -1)
-    top = torch.cat([pos_v[..., :half], neg_v[..., half:], pos_mean, neg_mean], dim=-1)
-    bottom = torch.cat([neg_v[..., :half], pos_v[..., half:], neg_mean, pos_mean], dim=-1)
-    if row_weight is not None:
-        row_weight = row_weight.transpose(-2, -1)
-        top, bottom = top * row_weight, bottom * row_weight
-    return top, bottom
+    i.e. ``W = [S[:, :d/2], S'[:, d/2:d], S[:, d], S'[:, d]]`` with S' = S with its halves
+    of rows exchanged; row i of both halves times ``row_weight[i]``. Each direction is two
+    concatenations (and the weighting): a handful of small kernels where slicing and
+    concatenating under autograd take dozens."""
+
+    @staticmethod
+    def forward(ctx, state: Tensor, row_weight: Optional[Tensor]) -> Tensor:
+        batch, heads, rows, cols = state.shape
+        dims = cols - 1
+        swapped = _swap_polarities(state)
+        mixing = torch.cat([state[..., :dims // 2], swapped[..., dims // 2:dims],
+                            state[..., dims:], swapped[..., dims:]], dim=-1)
+        ctx.save_for_backward(mixing if ctx.needs_input_grad[1] else None, row_weight)
+        if row_weight is None:
+            return mixing
+        mixing = mixing.view(batch, heads, 2, dims, dims + 2) * _row_weight_column(row_weight)
+        return mixing.view(batch, heads, rows, dims + 2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        unweighted, row_weight = ctx.saved_tensors
+        batch, heads, rows, cols = grad.shape
+        dims = rows // 2
+        grad5 = grad.reshape(batch, heads, 2, dims, cols)
+        grad_state = grad_row_weight = None
+        if ctx.needs_input_grad[0]:
+            if row_weight is not None:
+                grad = (grad5 * _row_weight_column(row_weight)).view(batch, heads, rows, cols)
+            swapped = _swap_polarities(grad)
+            grad_state = torch.cat([grad[..., :dims // 2], swapped[..., dims // 2:dims],
+                                    grad[..., dims:dims + 1] + swapped[..., dims + 1:]], dim=-1)
+        if ctx.needs_input_grad[1]:
+            grad_row_weight = (grad5 * unweighted.view_as(grad5)).sum_to_size(
+                _row_weight_column(row_weight).shape).view(row_weight.shape)
+        return grad_state, grad_row_weight
+
+
+def mixing_matrix(state: Tensor, row_weight: Optional[Tensor] = None) -> Tensor:
+    """:class:`MixingMatrix`: the key state (B, h, 2d, d + 1) -> ``[W_top; W_bot]``
+    (B, h, 2d, d + 2), rows i and d + i times ``row_weight[i]`` (1, h, 1, d) if given."""
+    return MixingMatrix.apply(state, row_weight)
 
 
 class QueryOutput(torch.autograd.Function):
-    """(q, power, ``W_top``, ``W_bot``) -> the normalised output (B, h, N, d), float32, laid
-    out as (B, N, h, d) in memory."""
+    """(q, power, ``[W_top; W_bot]`` (B, h, 2d, d + 2)) -> the normalised output
+    (B, h, N, d), float32, laid out as (B, N, h, d) in memory."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, power: Tensor, top: Tensor, bottom: Tensor, eps: float):
+    def forward(ctx, q: Tensor, power: Tensor, mixing: Tensor, eps: float):
         batch, heads, num_queries, dims = q.shape
+        top, bottom = mixing[..., :dims, :], mixing[..., dims:, :]
         signed = signed_power(q, power.float())
         part = signed.clamp(min=0)
         mixed = _bmm(part, top, out=empty_in_memory_order(signed, dims + 2))  # (B,h,N,d+2)
@@ -229,15 +278,16 @@ class QueryOutput(torch.autograd.Function):
         out = mixed.new_empty(batch, num_queries, heads, dims).transpose(1, 2)
         torch.mul(mixed[..., :dims].unflatten(-1, (2, dims // 2)), inv_norm,
                   out=out.unflatten(-1, (2, dims // 2)))
-        ctx.save_for_backward(q, power, top, bottom, out, inv_norm)
+        ctx.save_for_backward(q, power, mixing, out, inv_norm)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, power, top, bottom, out, inv_norm = ctx.saved_tensors
+        q, power, mixing, out, inv_norm = ctx.saved_tensors
         power32 = power.float()
         signed = signed_power(q, power32)  # recomputed: cheaper than keeping it
         dims = q.shape[-1]
+        top, bottom = mixing[..., :dims, :], mixing[..., dims:, :]
         streams = (2, dims // 2)
         grad_out = grad_out.float().unflatten(-1, streams)
         grad_mixed = empty_in_memory_order(signed, dims + 2)
@@ -246,9 +296,10 @@ class QueryOutput(torch.autograd.Function):
                   out=grad_mixed[..., dims:]).neg_()
         del grad_out
         part = signed.clamp(min=0)
-        grad_top = _bmm(part.transpose(-2, -1), grad_mixed)
+        grad_mixing = torch.empty_like(mixing)
+        _bmm(part.transpose(-2, -1), grad_mixed, out=grad_mixing[..., :dims, :])
         neg_part = _neg_part(signed, out=part)
-        grad_bottom = _bmm(neg_part.transpose(-2, -1), grad_mixed)
+        _bmm(neg_part.transpose(-2, -1), grad_mixed, out=grad_mixing[..., dims:, :])
         grad_q = grad_power = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             grad_pos = _bmm(grad_mixed, top.transpose(-2, -1),
@@ -261,7 +312,7 @@ class QueryOutput(torch.autograd.Function):
             grad_q, grad_power = signed_power_backward_(q, signed, power32, grad_signed)
             grad_q = grad_q.to(q.dtype)
             grad_power = _restore_power_grad(grad_power, power)
-        return grad_q, grad_power, grad_top, grad_bottom, None
+        return grad_q, grad_power, grad_mixing, None
 
 
 def scale_row_weight(power: Tensor, scale: Optional[Tensor]) -> Optional[Tensor]:
@@ -299,6 +350,5 @@ def row_weighted_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
     """:func:`polarity_linear_attention_torch` with the scale given as its row weight
     (:func:`scale_row_weight`, or None for no scale), with autocast already off: the
     Triton path's stand-in when its backward kernels fail."""
-    statistics = KeyStatistics.apply(k, v, power)
-    top, bottom = mixing_matrices(*statistics, row_weight)
-    return QueryOutput.apply(q, power, top, bottom, eps).to(q.dtype)
+    mixing = mixing_matrix(KeyStatistics.apply(k, v, power), row_weight)
+    return QueryOutput.apply(q, power, mixing, eps).to(q.dtype)

@@ -13,9 +13,9 @@ fp32 accumulation:
 * ``_key_backward_kernel``: ``dk``, ``dv`` and partial ``d power``.
 
 Partial sums over chunks are added in PyTorch (deterministic, no atomics); the tiny
-(2d, d + 2) re-arrangement between ``[P; M]`` and ``W`` is the lean path's
-``mixing_matrices``, differentiated by autograd. The per-channel ``scale`` that divides q
-and k enters there as well, as the lean path's row weight ``scale^-2p`` of ``W``
+(2d, d + 1) -> (2d, d + 2) re-arrangement between the key state and ``W`` is the lean
+path's :class:`~pola_mm.ops.pola_torch.MixingMatrix`. The per-channel ``scale`` that
+divides q and k enters there as well, as the lean path's row weight ``scale^-2p`` of ``W``
 (:func:`~pola_mm.ops.pola_torch.scale_row_weight`): the kernels read q and k as the
 projections left them, and no divided copy of either is made or kept for backward.
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
@@ -40,7 +40,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import (check_polarity_inputs, mixing_matrices, row_weighted_attention_torch,
+from .pola_torch import (check_polarity_inputs, mixing_matrix, row_weighted_attention_torch,
                          scale_row_weight)
 from .triton_compile import BLOCK_TOKENS, NUM_WARPS, SUPPORTED_HEAD_DIMS, kernel_precision
 
@@ -291,14 +291,11 @@ def _dense_last_dim(t: Tensor) -> Tensor:
 
 def _state_to_mixing(state: Tensor, num_keys: int, row_weight: Optional[Tensor]) -> Tensor:
     """(B, h, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (B, h, 2d, d + 2), contiguous: the
-    lean path's :func:`~pola_mm.ops.pola_torch.mixing_matrices`, stacked, with its
-    ``row_weight`` (1, h, 1, d) (or None)."""
-    dims = state.shape[-1] - 1
-    state = state / num_keys
-    means = state[..., dims:].transpose(-2, -1)  # (B, h, 1, 2d)
-    top, bottom = mixing_matrices(state[..., :dims, :dims], state[..., dims:, :dims],
-                                  means[..., :dims], means[..., dims:], row_weight)
-    return torch.cat([top, bottom], dim=-2).contiguous()
+    lean path's :func:`~pola_mm.ops.pola_torch.mixing_matrix` of their means, with the
+    division by the key count folded into its ``row_weight`` (1, h, 1, d) (or None)."""
+    if row_weight is None:
+        return mixing_matrix(state, state.new_full((1, 1, 1, 1), 1 / num_keys))
+    return mixing_matrix(state, row_weight / num_keys)
 
 
 def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor,

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .pola_reference import plain_polarity_attention
-from .pola_torch import (check_polarity_inputs, mixing_matrices, polarity_linear_attention_torch,
+from .pola_torch import (check_polarity_inputs, mixing_matrix, polarity_linear_attention_torch,
                          scale_row_weight)
 from .triton_compile import SUPPORTED_HEAD_DIMS, kernel_precision
 
@@ -197,15 +197,14 @@ def polarity_linear_attention_traceable(q: Tensor, k: Tensor, v: Tensor, power: 
         return x.abs().pow(power) * x.sign()
 
     keys = signed_power(k)
-    pos_keys, neg_keys = keys.clamp(min=0), keys.neg().clamp(min=0)
-    values = v.float() / k.shape[-2]
-    top, bottom = mixing_matrices(
-        pos_keys.transpose(-2, -1) @ values, neg_keys.transpose(-2, -1) @ values,
-        pos_keys.mean(dim=-2, keepdim=True), neg_keys.mean(dim=-2, keepdim=True),
-        scale_row_weight(power, scale))
-    queries = signed_power(q)
-    mixed = queries.clamp(min=0) @ top + queries.neg().clamp(min=0) @ bottom  # (B,h,N,d+2)
+    features = torch.cat([keys.clamp(min=0), keys.neg().clamp(min=0)], dim=-1)  # (B,h,n,2d)
+    values = torch.cat([v.float(), torch.ones_like(keys[..., :1])], dim=-1) / k.shape[-2]
+    mixing = mixing_matrix(features.transpose(-2, -1) @ values,  # key state (B,h,2d,d+1)
+                           scale_row_weight(power, scale))
     dims = q.shape[-1]
+    queries = signed_power(q)
+    mixed = (queries.clamp(min=0) @ mixing[..., :dims, :] +
+             queries.neg().clamp(min=0) @ mixing[..., dims:, :])  # (B, h, N, d + 2)
     streams = mixed[..., :dims].reshape(*mixed.shape[:-1], 2, dims // 2)  # (B,h,N,2,d/2)
     out = streams / (mixed[..., dims:] + eps).unsqueeze(-1)
     return out.flatten(-2).to(q.dtype)

@@ -238,12 +238,12 @@ def build_cases(sizes: Dict[str, Tuple[int, int]], batch: int, device: str,
             return module, lambda m: m(x, grid, identity=0.)
 
         def core_inputs(heads, dims, num_keys_div, grid=grid):
-            # as inside the layer under autocast: q and k are fp32 after the division by
-            # the fp32 scale, v comes from the autocast Linear
+            # as inside the layer under autocast: q and v come from the autocast Linear, k
+            # is fp32 after the addition of the fp32 positional encoding
             tokens = grid[0] * grid[1]
             q, k, v = (torch.randn(batch, heads, count, dims, device=device, dtype=t_dtype,
                                    requires_grad=True)
-                       for count, t_dtype in ((tokens, torch.float32),
+                       for count, t_dtype in ((tokens, dtype),
                                               (tokens // num_keys_div, torch.float32),
                                               (tokens // num_keys_div, dtype)))
             power = (1 + 4 * torch.rand(1, heads, 1, dims, device=device)).requires_grad_()
