@@ -124,3 +124,31 @@ def test_gpu_check_explains_itself_and_needs_cuda(tmp_path):
     assert proc.returncode == 2
     assert 'no CUDA device' in proc.stdout + proc.stderr
     assert not out_file.exists()  # nothing else was done
+
+
+def test_launch_count_sees_the_kernels_as_on_cuda():
+    """tools/analysis/launches.py (a child process: it sets TRITON_INTERPRET): each Pola
+    layer with the Triton core launches its four kernels once per training step, fewer
+    launches in all than with the PyTorch core; depthwise convolutions are counted with
+    their CUDA backward, and the interpreter's own operations not at all."""
+    proc = subprocess.run([sys.executable, str(ROOT / 'tools/analysis/launches.py'), '--ops'],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    rows = {}
+    group = None
+    for line in out.splitlines():
+        if line.startswith('Pola-'):
+            group = line.split(' (')[0]
+        elif line.startswith('  ') and line.split()[-1].isdigit():
+            *name, forward, backward, total, triton = line.split()
+            rows[group, ' '.join(name)] = [int(n) for n in (forward, backward, total, triton)]
+    for family in ('Pola-Swin-T stage 1', 'Pola-PVT-T stage 1'):
+        fused, torch_core = (rows[family, f"pola attn_impl='{impl}'"]
+                             for impl in ('triton', 'torch'))
+        assert fused[3] == 4 and torch_core[3] == 0
+        for forward, backward, total, _ in (fused, torch_core):
+            assert forward > 0 and backward > 0 and total == forward + backward
+        assert fused[2] < torch_core[2]
+    assert "'convolution_backward': 1" in out
+    assert "'set_'" not in out and "'_DepthwiseConv2d'" not in out
