@@ -64,6 +64,31 @@ def test_window_attention_on_padded_maps():
     assert torch.isfinite(shifted).all() and not torch.allclose(shifted, full.reshape(1, 90, 16))
 
 
+def test_window_attention_eager_path_equals_the_export_path(monkeypatch):
+    """Eager calls roll the map and reuse a cached mask; while exporting the shift is a
+    gather and the mask is built in the graph: same outputs and gradients, on a padded
+    and shifted map, at the first call and at the cached second."""
+    from pola_mm.models import ShiftWindowAttention, window_attention
+    torch.manual_seed(0)
+    attn = ShiftWindowAttention(16, 2, window_size=7, shift=True)
+    x = torch.randn(2, 15 * 17, 16)
+
+    def run():
+        leaf = x.clone().requires_grad_()
+        out = attn(leaf, (15, 17))
+        out.square().sum().backward()
+        return out.detach(), leaf.grad
+
+    window_attention._cached_mask.cache_clear()
+    eager = [run(), run()]
+    assert window_attention._cached_mask.cache_info().hits >= 1
+    monkeypatch.setattr(torch.onnx, 'is_in_onnx_export', lambda: True)
+    exported = run()
+    for out, grad in eager:
+        torch.testing.assert_close(out, exported[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad, exported[1], rtol=1e-6, atol=1e-6)
+
+
 def test_swin_window_stages_shift_only_when_the_map_exceeds_the_window():
     backbone = PolaSwinTransformer('tiny')
     attn = backbone.layers[2].blocks[1].attn

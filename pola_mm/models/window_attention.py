@@ -1,4 +1,5 @@
 """Swin's (shifted) window softmax attention, used by Pola-Swin's 'S' stages."""
+import functools
 from typing import Tuple, Union
 
 import torch
@@ -37,8 +38,10 @@ def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -
 
 def cyclic_shift(x: Tensor, shift_h: int, shift_w: int) -> Tensor:
     """``torch.roll(x, (-shift_h, -shift_w), dims=(1, 2))`` of a (B, H, W, C) map, for shifts
-    in [0, H] and [0, W], written as a gather so that the shifts may be symbolic values of
-    an exported graph."""
+    in [0, H] and [0, W]; while exporting to ONNX written as a gather, so that the shifts
+    may be symbolic values of the graph."""
+    if not torch.onnx.is_in_onnx_export():
+        return torch.roll(x, (-shift_h, -shift_w), dims=(1, 2))
     for dim, shift in ((1, shift_h), (2, shift_w)):
         size = x.shape[dim]
         index = torch.arange(size, device=x.device) + shift
@@ -176,7 +179,8 @@ class ShiftWindowAttention(nn.Module):
             x = cyclic_shift(x, shift_size, shift_size)
         mask = None
         if shifted or pad_h or pad_w:
-            mask = self._mask(padded_hw, hw_shape, window_size, shift_size, x.device)
+            mask = (self._mask if exporting or torch.compiler.is_compiling() else _cached_mask)(
+                padded_hw, hw_shape, window_size, shift_size, x.device)
 
         windows = window_partition(x, window_size)  # (B*nW, w*w, C)
         qkv = self.qkv(windows).reshape(windows.shape[0], -1, 3, self.num_heads,
@@ -201,3 +205,11 @@ class ShiftWindowAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, num_heads={self.num_heads}, '
                 f'window_size={self.window_size}, shift={self.shift}')
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_mask(padded_hw: Tuple[int, int], hw_shape: Tuple[int, int], window_size: int,
+                 shift_size: int, device: torch.device) -> Tensor:
+    """:meth:`ShiftWindowAttention._mask` of an eager call, built once per map size and
+    shared by the blocks (about 20 small kernels a block otherwise); do not modify."""
+    return ShiftWindowAttention._mask(padded_hw, hw_shape, window_size, shift_size, device)
