@@ -19,13 +19,13 @@ one ``(B, h, L, d)`` signed power per input and products with small (d, *) matri
 The two autograd Functions over the (B, h, L, d) maps keep for backward only their inputs
 (views, no copy), the small matrices and the output with its normalisers; ``s`` is
 recomputed (one power, cheaper on CPU than the allocation of keeping it). The small step
-between them, key state to mixing matrices, is a third Function of one gather each way.
-Every product takes non-negative features times one matrix, so nothing cancels. Matrix
-products run per batch item over the heads (:func:`_bmm`), so inputs whose heads are
-interleaved in memory (heads split off a (B, L, h*d) projection) are read in place; the
-large temporaries and the gradients follow the inputs' memory order, and the output is laid
-out as (B, N, h, d), so neither merging the heads of the output nor autograd's backward
-through the head split costs a copy.
+between them, key state to mixing matrices, is a third Function of two concatenations each
+way. Every product takes non-negative features times one matrix, so nothing cancels.
+Matrix products run per batch item over the heads (:func:`_bmm`), so inputs whose heads
+are interleaved in memory (heads split off a (B, L, h*d) projection) are read in place;
+the large temporaries and the gradients follow the inputs' memory order, and the output is
+laid out as (B, N, h, d), so neither merging the heads of the output nor autograd's
+backward through the head split costs a copy.
 """
 from typing import Optional, Tuple
 

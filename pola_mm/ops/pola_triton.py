@@ -21,10 +21,10 @@ projections left them, and no divided copy of either is made or kept for backwar
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
 output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
 Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and v arrive in half and
-k in fp32, after the addition of the fp32 positional encoding); the output has the dtype asked for
-(the PyTorch path's: the input's). The products run in TF32 where PyTorch's own float32
-matmul setting allows it (``torch.backends.cuda.matmul.allow_tf32``) on an NVIDIA GPU of
-compute capability 8.0 or later, else in IEEE fp32
+k in fp32, after the addition of the fp32 positional encoding); the output has the dtype
+asked for (the PyTorch path's: the input's). The products run in TF32 where PyTorch's own
+float32 matmul setting allows it (``torch.backends.cuda.matmul.allow_tf32``) on an NVIDIA
+GPU of compute capability 8.0 or later, else in IEEE fp32
 (:func:`~pola_mm.ops.triton_compile.kernel_precision`).
 Head dims must be one of :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS` (those
 that compile within every checked GPU's shared memory); any token count is masked. Each
