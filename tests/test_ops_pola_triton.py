@@ -75,7 +75,32 @@ def compare_all(device='cpu'):
             results[str(case) + dtype] = errors
     results['scale'] = compare_scaled_dispatch(device)
     results['half_output'] = compare_half_output(device)
+    results['broadcast'] = compare_broadcast_parameters(device)
     return results
+
+
+def compare_broadcast_parameters(device):
+    """A power shared by the heads (1, 1, 1, d) and a scale shared by the channels
+    (1, h, 1, 1): errors of the kernels' output and gradients (those of the two parameters
+    in their own shapes) against the PyTorch path's, in float32."""
+    from pola_mm.ops.polarity_attention import polarity_linear_attention
+    from test_ops_pola_torch import forward_backward, rel_err
+    _, heads, _, _, dims = shape = CASES[0][:5]
+    inputs, grad = kernel_inputs(shape, 'float32', seed=5)
+    gen = torch.Generator().manual_seed(6)
+    inputs[3] = 1 + 2 * torch.rand(1, 1, 1, dims, generator=gen)
+    inputs.append(0.5 + torch.rand(1, heads, 1, 1, generator=gen))
+    inputs, grad = [t.to(device) for t in inputs], grad.to(device)
+    results = {}
+    for impl in ('triton', 'torch'):
+        results[impl] = forward_backward(
+            lambda q, k, v, p, s: polarity_linear_attention(q, k, v, p, impl=impl, scale=s),
+            inputs, grad)
+    (out, grads), (ref, ref_grads) = results['triton'], results['torch']
+    errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
+    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
+        errors[name] = rel_err(ours, theirs)
+    return errors
 
 
 def compare_scaled_dispatch(device):
@@ -157,6 +182,14 @@ def test_dispatch_hands_the_scale_to_the_kernels(interpreter_results):
 
 def test_compiled_dispatch_hands_the_scale_to_the_kernels_on_cuda(cuda_results):
     check_errors(cuda_results['scale'], 'float32')
+
+
+def test_parameters_shared_by_heads_or_channels(interpreter_results):
+    check_errors(interpreter_results['broadcast'], 'float32')
+
+
+def test_compiled_parameters_shared_by_heads_or_channels_on_cuda(cuda_results):
+    check_errors(cuda_results['broadcast'], 'float32')
 
 
 def test_output_keeps_the_input_dtype_under_autocast(interpreter_results):

@@ -18,6 +18,12 @@ pytestmark = pytest.mark.skipif(pola_triton.triton_interpreted(),
                                 reason='TRITON_INTERPRET is set: nothing compiles')
 
 
+# the kernels whose products (``tl.dot``) stage operands in shared memory; the two mixing
+# kernels only re-arrange small matrices and may need none
+PRODUCT_KERNELS = ('_key_state_kernel', '_query_output_kernel', '_query_backward_kernel',
+                   '_key_backward_kernel')
+
+
 def kernel_dtype(precision):
     """The inputs each precision is checked with: fp32 for IEEE, bf16 for TF32 (AMP)."""
     return 'float32' if precision == 'ieee' else 'bfloat16'
@@ -33,7 +39,7 @@ def test_kernels_compile_within_shared_memory(capability, precision):
         for kernel in KERNEL_NAMES:
             build = compile_kernel(kernel, dims, precision, capability,
                                    dtype=kernel_dtype(precision))
-            assert build.shared > 0
+            assert build.shared > 0 or kernel not in PRODUCT_KERNELS
             if not build.fits_family:
                 too_large.append((kernel, dims, build.shared))
     assert not too_large, f'sm_{capability}, {precision}: shared memory over the limit'

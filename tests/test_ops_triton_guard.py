@@ -168,9 +168,9 @@ class _Launcher:
 
 
 def test_token_blocks_are_on_grid_axis_0(monkeypatch, looks_like_cuda):
+    from pola_mm.ops.triton_compile import KERNEL_NAMES, NUM_WARPS
     grids = []
-    for name in ('_key_state_kernel', '_query_output_kernel', '_query_backward_kernel',
-                 '_key_backward_kernel'):
+    for name in KERNEL_NAMES:
         monkeypatch.setattr(pola_triton, name, _Launcher(name, grids))
     batch, heads, queries, keys = 3, 2, 1000, 600
     q = torch.randn(batch, heads, queries, 32, requires_grad=True)
@@ -178,11 +178,12 @@ def test_token_blocks_are_on_grid_axis_0(monkeypatch, looks_like_cuda):
     power = torch.full((1, heads, 1, 32), 2.0, requires_grad=True)
     out = pola_triton.polarity_linear_attention_triton(q, k, v, power, chunk=256)
     out.backward(torch.ones_like(out))
-    from pola_mm.ops.triton_compile import NUM_WARPS
     assert grids == [
         ('_key_state_kernel', (3, batch * heads), NUM_WARPS),  # 600 keys / chunk 256
+        ('_mixing_kernel', (batch * heads, ), NUM_WARPS),
         ('_query_output_kernel', (32, batch * heads), NUM_WARPS),  # 1000 queries / 32
         ('_query_backward_kernel', (4, batch * heads), NUM_WARPS),
+        ('_mixing_backward_kernel', (batch * heads, ), NUM_WARPS),
         ('_key_backward_kernel', (3, batch * heads), NUM_WARPS),
     ]
 

@@ -341,14 +341,5 @@ def polarity_linear_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tens
     """
     check_polarity_inputs(q, k, v, power, scale)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return row_weighted_attention_torch(q, k, v, power, eps,
-                                            scale_row_weight(power, scale))
-
-
-def row_weighted_attention_torch(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
-                                 row_weight: Optional[Tensor]) -> Tensor:
-    """:func:`polarity_linear_attention_torch` with the scale given as its row weight
-    (:func:`scale_row_weight`, or None for no scale), with autocast already off: the
-    Triton path's stand-in when its backward kernels fail."""
-    mixing = mixing_matrix(KeyStatistics.apply(k, v, power), row_weight)
-    return QueryOutput.apply(q, power, mixing, eps).to(q.dtype)
+        mixing = mixing_matrix(KeyStatistics.apply(k, v, power), scale_row_weight(power, scale))
+        return QueryOutput.apply(q, power, mixing, eps).to(q.dtype)

@@ -3,21 +3,24 @@
 The algebra of :mod:`pola_mm.ops.pola_torch` in its (2d)-wide form: with
 ``Q = [q+, q-]`` and ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from
 ``P = k+^T v / n``, ``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W``
-normalised by its last two columns. Four kernels, each over one (batch x head) and a chunk
-of tokens, with the polarity features computed in registers (never written to memory) and
-fp32 accumulation:
+normalised by its last two columns. Six kernels, with fp32 accumulation; the four over the
+tokens run per (batch x head) and chunk of tokens and compute the polarity features in
+registers (never written to memory):
 
 * ``_key_state_kernel``: per-chunk partial sums of ``[k+, k-]^T [v, 1]`` (2d, d + 1);
+* ``_mixing_kernel``: the key state (their sum) -> ``W``, the lean path's
+  :class:`~pola_mm.ops.pola_torch.MixingMatrix` with its row weight ``scale^-2p / n``
+  (:func:`~pola_mm.ops.pola_torch.scale_row_weight` over the key count) computed in place;
 * ``_query_output_kernel``: the output and the reciprocal normalisers (N, 2);
 * ``_query_backward_kernel``: ``dq``, partial ``dW`` and partial ``d power``;
+* ``_mixing_backward_kernel``: ``dW`` (summed) -> the key state's gradient, and the row
+  weight's share of ``d power`` and ``d scale``;
 * ``_key_backward_kernel``: ``dk``, ``dv`` and partial ``d power``.
 
-Partial sums over chunks are added in PyTorch (deterministic, no atomics); the tiny
-(2d, d + 1) -> (2d, d + 2) re-arrangement between the key state and ``W`` is the lean
-path's :class:`~pola_mm.ops.pola_torch.MixingMatrix`. The per-channel ``scale`` that
-divides q and k enters there as well, as the lean path's row weight ``scale^-2p`` of ``W``
-(:func:`~pola_mm.ops.pola_torch.scale_row_weight`): the kernels read q and k as the
-projections left them, and no divided copy of either is made or kept for backward.
+Partial sums over chunks are added in PyTorch (deterministic, no atomics). The per-channel
+``scale`` that divides q and k thus enters only the small ``W``: the kernels read q and k
+as the projections left them, and no divided copy of either is made or kept for backward;
+the row weight and its gradient are computed inside the two mixing kernels.
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
 output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
 Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and v arrive in half and
@@ -28,8 +31,9 @@ GPU of compute capability 8.0 or later, else in IEEE fp32
 (:func:`~pola_mm.ops.triton_compile.kernel_precision`).
 Head dims must be one of :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS` (those
 that compile within every checked GPU's shared memory); any token count is masked. Each
-program handles one block or chunk of tokens (grid axis 0, up to 2**31 - 1 programs) of
-one (batch x head) (grid axis 1, up to 65535), and launches are made on the inputs' device.
+program of the token kernels handles one block or chunk of tokens (grid axis 0, up to
+2**31 - 1 programs) of one (batch x head) (grid axis 1, up to 65535); each program of the
+mixing kernels one (batch x head) (grid axis 0). Launches are made on the inputs' device.
 """
 from contextlib import nullcontext
 from typing import Optional
@@ -40,8 +44,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import (check_polarity_inputs, mixing_matrix, row_weighted_attention_torch,
-                         scale_row_weight)
+from .pola_torch import check_polarity_inputs, polarity_linear_attention_torch
 from .triton_compile import BLOCK_TOKENS, NUM_WARPS, SUPPORTED_HEAD_DIMS, kernel_precision
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -112,6 +115,55 @@ def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, c
 
 
 @triton.jit
+def _row_weight(power_ptr, scale_ptr, head, num_keys, D: tl.constexpr):
+    """power (d,), scale (d,) of ``head`` and the row weight ``scale^-2p / n`` (d,)."""
+    cols = tl.arange(0, D)
+    power = tl.load(power_ptr + head * D + cols)
+    scale = tl.load(scale_ptr + head * D + cols)
+    return power, scale, tl.exp2(-2. * power * tl.log2(scale)) / num_keys
+
+
+@triton.jit
+def _block(ptr, row, col, width, D: tl.constexpr):
+    """Pointers to the (d, d/2) block at (row, col) of a matrix of row length ``width``."""
+    return ptr + (row + tl.arange(0, D))[:, None] * width + (col + tl.arange(0, D // 2))[None, :]
+
+
+@triton.jit
+def _mix_block(state, mixing, w_row, s_row, col, weight, D: tl.constexpr):
+    """W's (d, d/2) block at (``w_row``, ``col``) = the key state's at (``s_row``, ``col``)
+    times the row weight."""
+    block = tl.load(_block(state, s_row, col, D + 1, D))
+    tl.store(_block(mixing, w_row, col, D + 2, D), block * weight[:, None])
+
+
+@triton.jit
+def _mixing_kernel(state_ptr, power_ptr, scale_ptr, mixing_ptr, num_keys, num_heads,
+                   D: tl.constexpr):
+    """W (2d, d + 2) from the key state S = [[P, m+], [M, m-]] (2d, d + 1)::
+
+        W = [[P[:, :d/2], M[:, d/2:], m+, m-],
+             [M[:, :d/2], P[:, d/2:], m-, m+]]
+
+    with row i of both halves times ``scale_i^-2p_i / n``: a (d, d/2) block at a time."""
+    bh = tl.program_id(0)
+    rows = tl.arange(0, D)
+    _, _, weight = _row_weight(power_ptr, scale_ptr, bh % num_heads, num_keys, D)
+    state = state_ptr + bh * (2 * D * (D + 1))
+    mixing = mixing_ptr + bh * (2 * D * (D + 2))
+    _mix_block(state, mixing, 0, 0, 0, weight, D)  # P left, M right, M left, P right
+    _mix_block(state, mixing, 0, D, D // 2, weight, D)
+    _mix_block(state, mixing, D, D, 0, weight, D)
+    _mix_block(state, mixing, D, 0, D // 2, weight, D)
+    mean_pos = tl.load(state + rows * (D + 1) + D) * weight
+    mean_neg = tl.load(state + (D + rows) * (D + 1) + D) * weight
+    tl.store(mixing + rows * (D + 2) + D, mean_pos)
+    tl.store(mixing + rows * (D + 2) + D + 1, mean_neg)
+    tl.store(mixing + (D + rows) * (D + 2) + D, mean_neg)
+    tl.store(mixing + (D + rows) * (D + 2) + D + 1, mean_pos)
+
+
+@triton.jit
 def _load_mixing(mixing_ptr, bh, D: tl.constexpr):
     """The four blocks of W (2d, d + 2): numerator (d, d) x 2, normaliser columns (d,) x 4."""
     cols = tl.arange(0, D)
@@ -158,7 +210,7 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
 @triton.jit
 def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr, mixing_ptr,
                            grad_q_ptr, grad_mixing_ptr, grad_power_ptr, num_queries,
-                           num_heads, chunk, stride_qb, stride_qh, stride_qn, stride_ob,
+                           num_heads, chunk, stride_pb, stride_qb, stride_qh, stride_qn, stride_ob,
                            stride_oh, stride_on, stride_gb, stride_gh, stride_gn, stride_dqb,
                            stride_dqh, stride_dqn, D: tl.constexpr, BLOCK: tl.constexpr,
                            PRECISION: tl.constexpr):
@@ -225,14 +277,57 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
     tl.store(out + cols * (D + 2) + D + 1, grad_top_opp)
     tl.store(out + D * (D + 2) + cols * (D + 2) + D, grad_bottom_sim)
     tl.store(out + D * (D + 2) + cols * (D + 2) + D + 1, grad_bottom_opp)
-    tl.store(grad_power_ptr + index * D + cols, grad_power)
+    tl.store(grad_power_ptr + bh * stride_pb + part * D + cols, grad_power)
+
+
+@triton.jit
+def _unmix_block(grad_mixing, state, grad_state, w_row, s_row, col, weight, D: tl.constexpr):
+    """The backward of one block of :func:`_mix_block` (rows ``w_row`` of W, ``s_row`` of
+    the key state, columns from ``col``): stores the key state's gradient there and
+    returns the block's share of the row weight's gradient (dW times the unweighted W,
+    summed over each row)."""
+    grad_block = tl.load(_block(grad_mixing, w_row, col, D + 2, D))
+    tl.store(_block(grad_state, s_row, col, D + 1, D), grad_block * weight[:, None])
+    return tl.sum(grad_block * tl.load(_block(state, s_row, col, D + 1, D)), 1)
+
+
+@triton.jit
+def _mixing_backward_kernel(grad_mixing_ptr, state_ptr, power_ptr, scale_ptr, grad_state_ptr,
+                            grad_power_ptr, grad_scale_ptr, num_keys, num_heads, stride_pb,
+                            D: tl.constexpr):
+    """The backward of ``_mixing_kernel``: from dW (2d, d + 2) the key state's gradient
+    (2d, d + 1) and, through the row weight ``w = scale^-2p / n``, this (batch x head)'s
+    share of d power (``dw * w * -2 log scale``) and d scale (``dw * w * -2p / scale``)."""
+    bh = tl.program_id(0)
+    rows = tl.arange(0, D)
+    power, scale, weight = _row_weight(power_ptr, scale_ptr, bh % num_heads, num_keys, D)
+    grad_mixing = grad_mixing_ptr + bh * (2 * D * (D + 2))
+    state = state_ptr + bh * (2 * D * (D + 1))
+    grad_state = grad_state_ptr + bh * (2 * D * (D + 1))
+    grad_weight = _unmix_block(grad_mixing, state, grad_state, 0, 0, 0, weight, D)
+    grad_weight += _unmix_block(grad_mixing, state, grad_state, 0, D, D // 2, weight, D)
+    grad_weight += _unmix_block(grad_mixing, state, grad_state, D, D, 0, weight, D)
+    grad_weight += _unmix_block(grad_mixing, state, grad_state, D, 0, D // 2, weight, D)
+    # m+ is in columns d (top) and d + 1 (bottom) of W, m- in d + 1 (top) and d (bottom)
+    grad_mean_pos = (tl.load(grad_mixing + rows * (D + 2) + D) +
+                     tl.load(grad_mixing + (D + rows) * (D + 2) + D + 1))
+    grad_mean_neg = (tl.load(grad_mixing + rows * (D + 2) + D + 1) +
+                     tl.load(grad_mixing + (D + rows) * (D + 2) + D))
+    grad_weight += (grad_mean_pos * tl.load(state + rows * (D + 1) + D) +
+                    grad_mean_neg * tl.load(state + (D + rows) * (D + 1) + D))
+    tl.store(grad_state + rows * (D + 1) + D, grad_mean_pos * weight)
+    tl.store(grad_state + (D + rows) * (D + 1) + D, grad_mean_neg * weight)
+    grad_weight *= weight
+    tl.store(grad_power_ptr + bh * stride_pb + rows, -2. * grad_weight * tl.log(scale))
+    tl.store(grad_scale_ptr + bh * D + rows, -2. * grad_weight * power / scale)
 
 
 @triton.jit
 def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, grad_v_ptr,
-                         grad_power_ptr, num_keys, num_heads, chunk, stride_kb, stride_kh,
-                         stride_kn, stride_vb, stride_vh, stride_vn, stride_dkb, stride_dkh,
-                         stride_dkn, stride_dvb, stride_dvh, stride_dvn, D: tl.constexpr,
+                         grad_power_ptr, num_keys, num_heads, chunk, stride_pb, stride_kb,
+                         stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dkb,
+                         stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                         D: tl.constexpr,
                          BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv and per-chunk partial d power from d state (2d, d + 1), already over n."""
     part = tl.program_id(0)
@@ -268,7 +363,7 @@ def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, gr
         grad_power += grad_power_rows
         tl.store(_tile(grad_k_ptr, bh, num_heads, stride_dkb, stride_dkh, stride_dkn, rows,
                        cols), grad_k.to(grad_k_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_power_ptr + (bh * tl.num_programs(0) + part) * D + cols, grad_power)
+    tl.store(grad_power_ptr + bh * stride_pb + part * D + cols, grad_power)
 
 
 def _on_device(t: Tensor):
@@ -289,19 +384,10 @@ def _dense_last_dim(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _state_to_mixing(state: Tensor, num_keys: int, row_weight: Optional[Tensor]) -> Tensor:
-    """(B, h, 2d, d + 1) sums of [k+, k-]^T [v, 1] -> W (B, h, 2d, d + 2), contiguous: the
-    lean path's :func:`~pola_mm.ops.pola_torch.mixing_matrix` of their means, with the
-    division by the key count folded into its ``row_weight`` (1, h, 1, d) (or None)."""
-    if row_weight is None:
-        return mixing_matrix(state, state.new_full((1, 1, 1, 1), 1 / num_keys))
-    return mixing_matrix(state, row_weight / num_keys)
-
-
-def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor,
-                     row_weight: Optional[Tensor], eps: float, chunk: int,
-                     out_dtype: torch.dtype, precision: str):
-    """Launch the key-state and output kernels; return (out, key_state, mixing, inv_norm)."""
+def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: Tensor,
+                     eps: float, chunk: int, out_dtype: torch.dtype, precision: str):
+    """Launch the key-state, mixing and output kernels; return
+    (out, key_state, mixing, inv_norm)."""
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
     key_chunks = _num_chunks(num_keys, chunk)
@@ -309,8 +395,10 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor,
     _key_state_kernel[(key_chunks, batch * heads)](
         k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
         BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
-    key_state = state.sum(1).view(batch, heads, 2 * dims, dims + 1)
-    mixing = _state_to_mixing(key_state, num_keys, row_weight)
+    key_state = state.sum(1)  # (B * h, 2d, d + 1)
+    mixing = q.new_empty(batch * heads, 2 * dims, dims + 2, dtype=torch.float32)
+    _mixing_kernel[(batch * heads, )](key_state, power32, scale32, mixing, num_keys, heads,
+                                      D=dims, num_warps=NUM_WARPS)
 
     # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
     out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
@@ -321,96 +409,105 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor,
     return out, key_state, mixing, inv_norm
 
 
-def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power: Tensor, power32: Tensor,
-                      row_weight: Optional[Tensor], key_state: Tensor, mixing: Tensor,
-                      out: Tensor, inv_norm: Tensor, grad_out: Tensor, chunk: int,
-                      precision: str):
-    """Launch the two backward kernels; return the gradients of q, k, v, power and
-    ``row_weight`` (None if it is None)."""
+def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: Tensor,
+                      key_state: Tensor, mixing: Tensor, out: Tensor, inv_norm: Tensor,
+                      grad_out: Tensor, chunk: int, precision: str):
+    """Launch the three backward kernels; return the gradients of q, k, v, and of power
+    and scale as (h, d) tables."""
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
     query_chunks = _num_chunks(num_queries, chunk)
+    key_chunks = _num_chunks(num_keys, chunk)
+    # d power's partial sums: the query chunks', the row weight's, the key chunks'
+    grad_power = q.new_empty(batch * heads, query_chunks + 1 + key_chunks, dims,
+                             dtype=torch.float32)
     grad_q = torch.empty_like(q)
     grad_mixing = q.new_empty(batch * heads, query_chunks, 2 * dims, dims + 2,
                               dtype=torch.float32)
-    grad_power_q = q.new_empty(batch * heads, query_chunks, dims, dtype=torch.float32)
     _query_backward_kernel[(query_chunks, batch * heads)](
-        q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power_q,
-        num_queries, heads, chunk, *_strides(q), *_strides(out), *_strides(grad_out),
-        *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision,
-        num_warps=NUM_WARPS)
+        q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power,
+        num_queries, heads, chunk, grad_power.stride(0), *_strides(q), *_strides(out),
+        *_strides(grad_out), *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS,
+        PRECISION=precision, num_warps=NUM_WARPS)
 
-    with torch.enable_grad():  # the small (2d, d + 1) -> (2d, d + 2) step, by autograd
-        key_state = key_state.detach().requires_grad_()
-        leaves = [key_state]
-        if row_weight is not None:
-            row_weight = row_weight.detach().requires_grad_()
-            leaves.append(row_weight)
-        mixing_grads = torch.autograd.grad(_state_to_mixing(key_state, num_keys, row_weight),
-                                           leaves, grad_mixing.sum(1).view_as(mixing))
-    grad_state = mixing_grads[0].contiguous()  # (B, h, 2d, d + 1)
-    grad_row_weight = mixing_grads[1] if row_weight is not None else None
+    grad_state = torch.empty_like(key_state)
+    grad_scale = q.new_empty(batch * heads, dims, dtype=torch.float32)
+    _mixing_backward_kernel[(batch * heads, )](
+        grad_mixing.sum(1), key_state, power32, scale32, grad_state,
+        grad_power[:, query_chunks], grad_scale, num_keys, heads, grad_power.stride(0),
+        D=dims, num_warps=NUM_WARPS)
 
-    key_chunks = _num_chunks(num_keys, chunk)
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
-    grad_power_k = q.new_empty(batch * heads, key_chunks, dims, dtype=torch.float32)
     _key_backward_kernel[(key_chunks, batch * heads)](
-        k, v, power32, grad_state, grad_k, grad_v, grad_power_k, num_keys, heads, chunk,
-        *_strides(k), *_strides(v), *_strides(grad_k), *_strides(grad_v), D=dims,
-        BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
+        k, v, power32, grad_state, grad_k, grad_v, grad_power[:, query_chunks + 1:], num_keys,
+        heads, chunk, grad_power.stride(0), *_strides(k), *_strides(v), *_strides(grad_k),
+        *_strides(grad_v), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision,
+        num_warps=NUM_WARPS)
+    grad_power = grad_power.view(batch, heads, -1, dims).sum((0, 2))
+    return grad_q, grad_k, grad_v, grad_power, grad_scale.view(batch, heads, dims).sum(0)
 
-    grad_power = (grad_power_q.sum(1) + grad_power_k.sum(1)).view(batch, heads, 1, dims)
-    grad_power = grad_power.sum_to_size(power.shape).to(power.dtype)
-    return grad_q, grad_k, grad_v, grad_power, grad_row_weight
+
+def _head_table(param: Tensor, heads: int, dims: int) -> Tensor:
+    """A (1, h | 1, 1, d | 1) parameter as a contiguous float32 (h, d) table."""
+    return param.float().expand(1, heads, 1, dims).reshape(heads, dims).contiguous()
 
 
-def _torch_gradients(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                     row_weight: Optional[Tensor], eps: float, out_dtype: torch.dtype,
-                     grad_out: Tensor):
+def _table_grad(grad: Tensor, param: Tensor) -> Tensor:
+    """The (h, d) gradient of :func:`_head_table`'s table -> that of ``param``."""
+    return grad.view(1, grad.shape[0], 1, grad.shape[1]).sum_to_size(
+        param.shape).to(param.dtype)
+
+
+def _torch_gradients(q: Tensor, k: Tensor, v: Tensor, power: Tensor, scale: Optional[Tensor],
+                     eps: float, out_dtype: torch.dtype, grad_out: Tensor):
     """The same gradients through the lean PyTorch path (after a kernel failure)."""
     with torch.enable_grad():
-        inputs = [t.detach().requires_grad_() for t in (q, k, v, power, row_weight)
+        inputs = [t.detach().requires_grad_() for t in (q, k, v, power, scale)
                   if t is not None]
-        out = row_weighted_attention_torch(*inputs[:4], eps, *inputs[4:]).to(out_dtype)
+        out = polarity_linear_attention_torch(*inputs[:4], eps, *inputs[4:]).to(out_dtype)
         grads = torch.autograd.grad(out, inputs, grad_out)
-    return grads if row_weight is not None else (*grads, None)
+    return grads if scale is not None else (*grads, None)
 
 
 class TritonPolarityAttentionFunction(torch.autograd.Function):
-    """Autograd Function over the four kernels; see :func:`polarity_linear_attention_triton`."""
+    """Autograd Function over the six kernels; see :func:`polarity_linear_attention_triton`."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                row_weight: Optional[Tensor], eps: float, chunk: int, out_dtype: torch.dtype,
-                guard) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, scale: Optional[Tensor],
+                eps: float, chunk: int, out_dtype: torch.dtype, guard) -> Tensor:
         heads, dims = q.shape[1], q.shape[3]
         q, k, v = (_dense_last_dim(t) for t in (q, k, v))  # heads may stay interleaved
-        power32 = power.float().expand(1, heads, 1, dims).reshape(heads, dims).contiguous()
+        power32 = _head_table(power, heads, dims)
+        scale32 = (q.new_ones(heads, dims, dtype=torch.float32) if scale is None else
+                   _head_table(scale, heads, dims))
         precision = kernel_precision(q.device)
         with _on_device(q):
-            out, key_state, mixing, inv_norm = _forward_kernels(q, k, v, power32, row_weight,
-                                                                eps, chunk, out_dtype,
-                                                                precision)
-        ctx.save_for_backward(q, k, v, power, power32, row_weight, key_state, mixing, out,
+            out, key_state, mixing, inv_norm = _forward_kernels(q, k, v, power32, scale32, eps,
+                                                                chunk, out_dtype, precision)
+        ctx.save_for_backward(q, k, v, power, scale, power32, scale32, key_state, mixing, out,
                               inv_norm)
         ctx.config = (eps, chunk, out_dtype, precision, guard)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        q, k, v, power, power32, row_weight, key_state, mixing, out, inv_norm = ctx.saved_tensors
+        q, k, v, power, scale, power32, scale32, key_state, mixing, out, inv_norm = \
+            ctx.saved_tensors
         eps, chunk, out_dtype, precision, guard = ctx.config
         grad_out = _dense_last_dim(grad_out)
         try:
             with _on_device(q):
-                grads = _backward_kernels(q, k, v, power, power32, row_weight, key_state,
-                                          mixing, out, inv_norm, grad_out, chunk, precision)
+                *grads, grad_power, grad_scale = _backward_kernels(
+                    q, k, v, power32, scale32, key_state, mixing, out, inv_norm, grad_out,
+                    chunk, precision)
+            grads += [_table_grad(grad_power, power),
+                      None if scale is None else _table_grad(grad_scale, scale)]
         except Exception as error:
             if guard is None:
                 raise
             guard.failed(error, 'backward')  # raises unless the PyTorch path may take over
-            grads = _torch_gradients(q, k, v, power, row_weight, eps, out_dtype, grad_out)
+            grads = _torch_gradients(q, k, v, power, scale, eps, out_dtype, grad_out)
         else:
             if guard is not None:
                 guard.passed('backward')
@@ -468,6 +565,5 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
         raise RuntimeError('the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1); '
                            "attn_impl='torch' runs on any device")
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return TritonPolarityAttentionFunction.apply(q, k, v, power,
-                                                     scale_row_weight(power, scale), eps,
-                                                     chunk, out_dtype or q.dtype, guard)
+        return TritonPolarityAttentionFunction.apply(q, k, v, power, scale, eps, chunk,
+                                                     out_dtype or q.dtype, guard)

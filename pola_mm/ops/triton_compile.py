@@ -32,9 +32,9 @@ PRECISIONS = ('ieee', 'tf32')
 #: Tokens per block (rows of each ``tl.dot`` tile) and warps per program.
 BLOCK_TOKENS = 32
 NUM_WARPS = 4
-#: The four kernels of :mod:`.pola_triton`.
-KERNEL_NAMES = ('_key_state_kernel', '_query_output_kernel', '_query_backward_kernel',
-                '_key_backward_kernel')
+#: The six kernels of :mod:`.pola_triton`.
+KERNEL_NAMES = ('_key_state_kernel', '_mixing_kernel', '_query_output_kernel',
+                '_query_backward_kernel', '_mixing_backward_kernel', '_key_backward_kernel')
 #: Largest shared memory one block may allocate (dynamic, opted in), in bytes, per compute
 #: capability (NVIDIA's tuning guides of each architecture): A100 163 KB; GeForce/RTX
 #: Ampere, Ada and Blackwell 99 KB; H100/H200 and B200 227 KB.
@@ -203,8 +203,10 @@ def compile_kernel(kernel: str, head_dims: int, precision: str, capability: int,
     if not isinstance(fn, JITFunction):
         raise RuntimeError('the kernels compile only in a process where Triton was imported '
                            'without TRITON_INTERPRET=1')
+    constexprs = dict(D=head_dims, BLOCK=BLOCK_TOKENS, PRECISION=precision)
     source = ASTSource(fn=fn, signature=kernel_signature(fn, dtype),
-                       constexprs=dict(D=head_dims, BLOCK=BLOCK_TOKENS, PRECISION=precision))
+                       constexprs={name: constexprs[name] for name in fn.arg_names
+                                   if name in constexprs})
     previous = knobs.runtime.add_stages_inspection_hook
     knobs.runtime.add_stages_inspection_hook = _stop_after('ptx' if assemble else 'llir')
     try:
