@@ -155,7 +155,9 @@ class PolaLinearAttention(nn.Module):
                                         impl=self.attn_impl,
                                         scale=heads(F.softplus(self.scale)))
         out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
-        out = self._local_mixing(v, hw_shape).add_(out).mul(g)  # the conv keeps no output
+        # out of place: adding in place to the conv output's view costs autograd copies of
+        # the whole map in backward
+        out = (self._local_mixing(v, hw_shape) + out).mul(g)
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
