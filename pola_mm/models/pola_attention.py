@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.caching import tensor_caching_allowed
 from ..ops.depthwise_conv import HeadSharedDepthwiseConv2d
 from ..ops.polarity_attention import check_attention_impl, polarity_linear_attention
 from ..ops.token_grid import resize_token_grid
@@ -89,9 +90,10 @@ class PolaLinearAttention(nn.Module):
 
     def _positional_encoding(self, hw_shape: Tuple[int, int]) -> Tensor:
         """(1, H*W, C) positional encoding for a key grid; cached per size in eval (not
-        while exporting to ONNX: there the grid is symbolic and the resize is in the graph)."""
+        while tracing, :func:`~pola_mm.ops.caching.tensor_caching_allowed`: exporting to
+        ONNX, the grid is symbolic and the resize is in the graph)."""
         table = self.positional_encoding
-        if self.training or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
+        if self.training or torch.is_grad_enabled() or not tensor_caching_allowed():
             return resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
         key = (hw_shape, table._version, table.device, table.dtype)
         if key not in self._pos_cache:
