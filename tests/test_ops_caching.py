@@ -17,14 +17,14 @@ def test_caching_is_allowed_only_for_plain_eager_tensors():
 
 def test_bicubic_matrices_built_under_fake_tensors_are_not_cached():
     table = torch.randn(1, 16, 8, requires_grad=True)
-    size = (5, 7)  # no other test resizes 4x4 to 5x7
+    token_grid.bicubic_matrix.cache_clear()
     with FakeTensorMode(allow_non_fake_inputs=True):
-        traced = token_grid.resize_token_grid(table, (4, 4), size, 'bicubic')
+        traced = token_grid.resize_token_grid(table, (4, 4), (5, 7), 'bicubic')
     assert isinstance(traced, FakeTensor)
-    cached = token_grid.bicubic_matrix.cache_info().currsize
-    out = token_grid.resize_token_grid(table, (4, 4), size, 'bicubic')
+    assert token_grid.bicubic_matrix.cache_info().currsize == 0
+    out = token_grid.resize_token_grid(table, (4, 4), (5, 7), 'bicubic')
     assert type(out) is torch.Tensor
-    assert token_grid.bicubic_matrix.cache_info().currsize == cached + 2  # cached now
+    assert token_grid.bicubic_matrix.cache_info().currsize == 2  # rows and columns
 
 
 def test_window_masks_built_under_fake_tensors_are_not_cached():
