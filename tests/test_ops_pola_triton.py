@@ -45,12 +45,33 @@ def scaled(fn):
     return lambda q, k, v, p, *s: fn(q / s[0], k / s[0], v, p) if s else fn(q, k, v, p)
 
 
+def errors_between(out, grads, ref, ref_grads, dtype_kept):
+    """{out, q, k, v, p[, scale]: relative error, dtype_kept}."""
+    from test_ops_pola_torch import rel_err
+    errors = {'out': rel_err(out, ref), 'dtype_kept': dtype_kept}
+    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
+        errors[name] = rel_err(ours, theirs)
+    return errors
+
+
+def triton_against_torch(inputs, grad, out_dtype):
+    """Errors of ``polarity_linear_attention(q, k, v, p, scale=s)`` with
+    ``impl='triton'`` against ``'torch'`` on ``inputs`` (q, k, v, p, s); the kernels'
+    output must have ``out_dtype``."""
+    from pola_mm.ops.polarity_attention import polarity_linear_attention
+    from test_ops_pola_torch import forward_backward
+    (out, grads), (ref, ref_grads) = (
+        forward_backward(lambda q, k, v, p, s: polarity_linear_attention(
+            q, k, v, p, impl=impl, scale=s), inputs, grad) for impl in ('triton', 'torch'))
+    return errors_between(out, grads, ref, ref_grads, out.dtype == out_dtype)
+
+
 def compare_all(device='cpu'):
     """Relative errors {case + dtype: {out, q, k, v, p[, scale]}} of the kernels against the
     reference; on 'cpu' (the child process) through the interpreter."""
     from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton, triton_interpreted
-    from test_ops_pola_torch import forward_backward, rel_err
+    from test_ops_pola_torch import forward_backward
     assert device == 'cuda' or triton_interpreted()
     results = {}
     for case in CASES:
@@ -69,10 +90,8 @@ def compare_all(device='cpu'):
             ref_inputs = [t.double() for t in inputs] if dtype == 'float32' else inputs
             ref, ref_grads = forward_backward(scaled(plain_polarity_attention), ref_inputs,
                                               grad)
-            errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
-            for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
-                errors[name] = rel_err(ours, theirs)
-            results[str(case) + dtype] = errors
+            results[str(case) + dtype] = errors_between(out, grads, ref, ref_grads,
+                                                        out.dtype == inputs[0].dtype)
     results['scale'] = compare_scaled_dispatch(device)
     results['half_output'] = compare_half_output(device)
     results['broadcast'] = compare_broadcast_parameters(device)
@@ -83,24 +102,13 @@ def compare_broadcast_parameters(device):
     """A power shared by the heads (1, 1, 1, d) and a scale shared by the channels
     (1, h, 1, 1): errors of the kernels' output and gradients (those of the two parameters
     in their own shapes) against the PyTorch path's, in float32."""
-    from pola_mm.ops.polarity_attention import polarity_linear_attention
-    from test_ops_pola_torch import forward_backward, rel_err
     _, heads, _, _, dims = shape = CASES[0][:5]
     inputs, grad = kernel_inputs(shape, 'float32', seed=5)
     gen = torch.Generator().manual_seed(6)
     inputs[3] = 1 + 2 * torch.rand(1, 1, 1, dims, generator=gen)
     inputs.append(0.5 + torch.rand(1, heads, 1, 1, generator=gen))
     inputs, grad = [t.to(device) for t in inputs], grad.to(device)
-    results = {}
-    for impl in ('triton', 'torch'):
-        results[impl] = forward_backward(
-            lambda q, k, v, p, s: polarity_linear_attention(q, k, v, p, impl=impl, scale=s),
-            inputs, grad)
-    (out, grads), (ref, ref_grads) = results['triton'], results['torch']
-    errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
-    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
-        errors[name] = rel_err(ours, theirs)
-    return errors
+    return triton_against_torch(inputs, grad, torch.float32)
 
 
 def compare_scaled_dispatch(device):
@@ -109,7 +117,7 @@ def compare_scaled_dispatch(device):
     in float64."""
     from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.polarity_attention import polarity_linear_attention
-    from test_ops_pola_torch import forward_backward, rel_err
+    from test_ops_pola_torch import forward_backward
     shape = CASES[0][:5]
     inputs, grad = kernel_inputs(shape, 'float32', seed=1)
     scale = random_scale(shape[1], shape[4], seed=2)
@@ -119,31 +127,17 @@ def compare_scaled_dispatch(device):
         inputs, grad)
     ref, ref_grads = forward_backward(scaled(plain_polarity_attention),
                                       [t.double() for t in inputs], grad.double())
-    errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == inputs[0].dtype}
-    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
-        errors[name] = rel_err(ours, theirs)
-    return errors
+    return errors_between(out, grads, ref, ref_grads, out.dtype == inputs[0].dtype)
 
 
 def compare_half_output(device):
     """Under autocast the layer hands the core bf16 q and v, fp32 k and an fp32 scale: the
     result must be bf16, as the PyTorch path's, and match it."""
-    from pola_mm.ops.polarity_attention import polarity_linear_attention
-    from test_ops_pola_torch import forward_backward, rel_err
     shape = CASES[0][:5]
     inputs, grad = kernel_inputs(shape, 'autocast', seed=3)
     scale = random_scale(shape[1], shape[4], seed=4)
     inputs, grad = [t.to(device) for t in inputs + [scale]], grad.to(device)
-    results = {}
-    for impl in ('triton', 'torch'):
-        results[impl] = forward_backward(
-            lambda q, k, v, p, s: polarity_linear_attention(q, k, v, p, impl=impl, scale=s),
-            inputs, grad)
-    (out, grads), (ref, ref_grads) = results['triton'], results['torch']
-    errors = {'out': rel_err(out, ref), 'dtype_kept': out.dtype == torch.bfloat16}
-    for name, ours, theirs in zip(('q', 'k', 'v', 'p', 'scale'), grads, ref_grads):
-        errors[name] = rel_err(ours, theirs)
-    return errors
+    return triton_against_torch(inputs, grad, torch.bfloat16)
 
 
 @pytest.fixture(scope='module')
