@@ -4,7 +4,6 @@ own mAP is below the bar it states.
 """
 import importlib.util
 import json
-import os
 import os.path as osp
 import re
 import subprocess
@@ -20,6 +19,7 @@ from mmengine.logging import MessageHub
 
 from pola_mm.engine import build_runner
 from pola_mm.testing import SHAPE_CLASSES, make_shapes_coco, shapes_coco_dataloaders
+from subprocess_env import child_env
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO, 'tools', 'demo', 'shapes_detection.py')
@@ -133,7 +133,7 @@ def test_demo_exits_non_zero_below_its_bar(tmp_path):
                # keep the untrained detector's low-score boxes, so that a mAP is computed
                'model.test_cfg.score_thr=0']
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=REPO))
+                            env=child_env(REPO))
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     failure = re.search(r'^Demo failed: val bbox mAP (\d\.\d{3}) is below the bar of '

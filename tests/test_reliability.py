@@ -27,6 +27,7 @@ from pola_mm.checkpoint import checkpoint_globals
 from pola_mm.engine import (AtomicCheckpointHook, FiniteLossHook, RandomStateHook, atomic_write,
                             write_text_atomic)
 from pola_mm.testing import make_shapes_coco
+from subprocess_env import child_env
 from test_tools_detection import REPO, _child_config, small_options, train_tool
 
 CONFIG = osp.join(REPO, 'configs', 'detection', 'retinanet_pola-pvt-t_fpn_1x_coco.py')
@@ -125,8 +126,8 @@ def train_in_child(tmp_path, options, hooks, **extra_options):
         str(tmp_path / 'child.py'), CONFIG, options,
         custom_imports=dict(imports=['test_reliability'], allow_failed_imports=False),
         custom_hooks=hooks)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, REPO]), OMP_NUM_THREADS='1',
-               MKL_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')
+    env = child_env(TESTS, REPO, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1',
+                    CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1')
     return subprocess.run(
         [sys.executable, osp.join(REPO, 'tools', 'train.py'), config, '--work-dir',
          str(tmp_path / 'work')], env=env, capture_output=True, text=True, timeout=600)

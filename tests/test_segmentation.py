@@ -18,6 +18,7 @@ from PIL import Image
 
 import pola_mm  # noqa: F401
 from pola_mm.testing.ade import make_shapes_ade
+from subprocess_env import child_env
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO, 'configs', 'segmentation')
@@ -101,7 +102,7 @@ def small_config(tmp_path, name: str, data_root: str, iters: int = 2) -> str:
 
 
 def run_tool(tool: str, *args: str) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO)
+    env = child_env(REPO, OMP_NUM_THREADS='1')
     result = subprocess.run([sys.executable, osp.join(REPO, 'tools', tool), *args],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     output = result.stdout + result.stderr

@@ -9,7 +9,6 @@ in detectors without a config here (FCOS, ATSS) through the one ``custom_imports
 import copy
 import glob
 import importlib.util
-import os
 import os.path as osp
 import pickle
 import subprocess
@@ -23,6 +22,7 @@ from mmengine.runner import Runner
 
 from pola_mm.checkpoint import checkpoint_globals
 from pola_mm.testing import make_shapes_coco, shapes_coco_dataloaders
+from subprocess_env import child_env
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'detection', '*.py')))
@@ -285,8 +285,7 @@ def test_two_cpu_processes_train_to_identical_weights(shapes_root, tmp_path):
         str(tmp_path / 'ddp.py'), base, options,
         custom_imports=dict(imports=['rank_dump_hook'], allow_failed_imports=False),
         custom_hooks=[dict(type='DumpWeightsPerRank')])
-    env = dict(os.environ, PYTHONPATH=f'{tmp_path}:{REPO}', OMP_NUM_THREADS='1',
-               CUDA_VISIBLE_DEVICES='')
+    env = child_env(tmp_path, REPO, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
          '--master_port=29531', osp.join(REPO, 'tools', 'train.py'), config,
