@@ -126,6 +126,34 @@ def test_gpu_check_explains_itself_and_needs_cuda(tmp_path):
     assert not out_file.exists()  # nothing else was done
 
 
+
+def test_gpu_check_focal_loss_stands_in_for_missing_cuda_ops():
+    """The training check's focal loss on GPU tensors: with an mmcv built without CUDA ops
+    (this machine's), mmdet's CUDA-op entry is replaced, inside the context only, by the
+    PyTorch form that mmdet's FocalLoss takes for CPU tensors: the same losses."""
+    from gpu_check import gpu_focal_loss
+    from mmcv.ops import get_compiling_cuda_version
+    from mmdet.models.losses import FocalLoss, focal_loss
+    assert get_compiling_cuda_version() == 'not available'
+    cuda_op = focal_loss.sigmoid_focal_loss
+    context, description = gpu_focal_loss()
+    assert 'PyTorch' in description
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(40, 4, generator=gen)
+    target = torch.randint(0, 5, (40, ), generator=gen)  # 4: background
+    weight = torch.rand(40, generator=gen)
+    loss = FocalLoss(gamma=2., alpha=0.25)
+    with context:
+        assert focal_loss.sigmoid_focal_loss is not cuda_op
+        for reduction, avg_factor in (('mean', 7.), ('sum', None), ('none', None)):
+            stand_in = focal_loss.sigmoid_focal_loss(pred, target, weight, 2., 0.25,
+                                                     reduction, avg_factor)
+            expected = loss(pred, target, weight, avg_factor=avg_factor,
+                            reduction_override=reduction)
+            assert stand_in.shape == expected.shape and stand_in.abs().sum() > 0
+            torch.testing.assert_close(stand_in, expected)
+    assert focal_loss.sigmoid_focal_loss is cuda_op
+
 def test_launch_count_sees_the_kernels_as_on_cuda():
     """tools/analysis/launches.py (a child process: it sets TRITON_INTERPRET): each Pola
     layer with the Triton core launches its six kernels once per training step, fewer

@@ -25,8 +25,10 @@ die() { echo "[setup] ERROR: $*" >&2; exit 1; }
 pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
 requirement() { sed -n "s/^$1==\(.*\)$/\1/p" "$ROOT/requirements/build.txt"; }
 
-TORCH_VERSION=$(requirement torch)
-TORCHVISION_VERSION=$(requirement torchvision)
+# $POLA_MM_TORCH / $POLA_MM_TORCHVISION: another torch than the tested pins (for the stack of
+# another machine, tools/gpu_wheelhouse.sh)
+TORCH_VERSION=${POLA_MM_TORCH:-$(requirement torch)}
+TORCHVISION_VERSION=${POLA_MM_TORCHVISION:-$(requirement torchvision)}
 MMCV_VERSION=$(requirement mmcv)
 
 create_venv() {
