@@ -1,8 +1,11 @@
 """tools/analysis: the benchmark runs and prints its table; get_flops counts the attention."""
+import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 from mmengine.analysis import get_model_complexity_info
@@ -13,6 +16,7 @@ sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
 from get_flops import complexity  # noqa: E402
 
 from pola_mm.models import PolaLinearAttention  # noqa: E402
+from subprocess_env import child_env  # noqa: E402
 
 
 def test_benchmark_quick_prints_side_by_side_table():
@@ -153,6 +157,42 @@ def test_gpu_check_focal_loss_stands_in_for_missing_cuda_ops():
             assert stand_in.shape == expected.shape and stand_in.abs().sum() > 0
             torch.testing.assert_close(stand_in, expected)
     assert focal_loss.sigmoid_focal_loss is cuda_op
+
+
+
+def test_gpu_check_kernel_check_runs_in_the_interpreter():
+    """The kernel check's own code, in a child under Triton's CPU interpreter on one small
+    shape and head dim: every dtype setting with IEEE and (asked for, not taken on CPU)
+    TF32 products, within tolerance; the matmul precision is restored after."""
+    code = ('import json, torch, gpu_check\n'
+            'result = gpu_check.check_kernels(torch.device("cpu"), [(1, 2, 97, 70, 32)], (16, ))\n'
+            'assert torch.get_float32_matmul_precision() == "highest"\n'
+            'print(json.dumps(result))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT,
+                          env=child_env(ROOT / 'tools' / 'analysis', ROOT, TRITON_INTERPRET='1',
+                                        OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(result['settings']) == sorted(
+        f'{precision} {dtype} d16' for precision in ('ieee', 'tf32')
+        for dtype in ('fp32', 'bf16', 'fp16', 'autocast'))
+    assert result['passed'], result['settings']
+    assert 0 < result['settings']['ieee fp32 d16']['error'] < 1e-4
+
+def test_gpu_check_training_runs_its_detector(tmp_path):
+    """The training check's own code, run on CPU (mmengine's AMP wrapper allowed there):
+    the demo detector trains with bf16 autocast, every iteration's loss is recorded and
+    finite, and the check still fails, since no Triton kernel configuration ran."""
+    from gpu_check import check_training
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    with mock.patch.object(amp_optimizer_wrapper, 'is_cuda_available', lambda: True):
+        result = check_training(torch.device('cpu'), str(tmp_path), 12, 'bfloat16')
+    assert len(result['losses']) == 12
+    assert all(math.isfinite(loss) and loss > 0 for loss in result['losses'])
+    assert result['kernel_status'] == {} and result['fallback_warnings'] == []
+    assert result['passed'] is False
+    assert 'PyTorch' in result['focal_loss'] and '0 kernel configurations' in result['figure']
 
 def test_launch_count_sees_the_kernels_as_on_cuda():
     """tools/analysis/launches.py (a child process: it sets TRITON_INTERPRET): each Pola

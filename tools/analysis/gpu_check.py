@@ -83,8 +83,11 @@ def forward_backward(fn: Callable, inputs: List[torch.Tensor], grad: torch.Tenso
     return out, [t.grad for t in leaves]
 
 
-def check_kernels(device: torch.device) -> Dict:
-    """Compiled kernels against the plain reference: worst relative error per setting."""
+def check_kernels(device: torch.device, shapes=KERNEL_SHAPES,
+                  head_dims: Optional[Tuple[int, ...]] = None) -> Dict:
+    """Compiled kernels against the plain reference: worst relative error per setting, for
+    ``shapes`` (batch, heads, queries, keys, chunk) and ``head_dims`` (default: all
+    supported)."""
     from pola_mm.ops.pola_reference import plain_polarity_attention
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton
     from pola_mm.ops.triton_compile import SUPPORTED_HEAD_DIMS
@@ -93,9 +96,9 @@ def check_kernels(device: torch.device) -> Dict:
         torch.set_float32_matmul_precision(precision)
         try:
             for dtype_name, (q_dtype, k_dtype, v_dtype) in KERNEL_DTYPES.items():
-                for dims in SUPPORTED_HEAD_DIMS:
+                for dims in head_dims or SUPPORTED_HEAD_DIMS:
                     worst = 0.
-                    for seed, (batch, heads, queries, keys, chunk) in enumerate(KERNEL_SHAPES):
+                    for seed, (batch, heads, queries, keys, chunk) in enumerate(shapes):
                         gen = torch.Generator().manual_seed(seed)
                         q = torch.randn(batch, heads, queries, dims, generator=gen)
                         k, v = (torch.randn(batch, heads, keys, dims, generator=gen)
