@@ -1,4 +1,5 @@
-"""tools/analysis: the benchmark runs and prints its table; get_flops counts the attention."""
+"""tools/analysis: the benchmark runs and prints its table; get_flops counts the attention;
+gpu_check's own checks run without a GPU; launches counts a training step's kernels."""
 import json
 import math
 import os
@@ -130,7 +131,6 @@ def test_gpu_check_explains_itself_and_needs_cuda(tmp_path):
     assert not out_file.exists()  # nothing else was done
 
 
-
 def test_gpu_check_focal_loss_stands_in_for_missing_cuda_ops():
     """The training check's focal loss on GPU tensors: with an mmcv built without CUDA ops
     (this machine's), mmdet's CUDA-op entry is replaced, inside the context only, by the
@@ -159,7 +159,6 @@ def test_gpu_check_focal_loss_stands_in_for_missing_cuda_ops():
     assert focal_loss.sigmoid_focal_loss is cuda_op
 
 
-
 def test_gpu_check_kernel_check_runs_in_the_interpreter():
     """The kernel check's own code, in a child under Triton's CPU interpreter on one small
     shape and head dim: every dtype setting with IEEE and (asked for, not taken on CPU)
@@ -180,6 +179,7 @@ def test_gpu_check_kernel_check_runs_in_the_interpreter():
     assert result['passed'], result['settings']
     assert 0 < result['settings']['ieee fp32 d16']['error'] < 1e-4
 
+
 def test_gpu_check_training_runs_its_detector(tmp_path):
     """The training check's own code, run on CPU (mmengine's AMP wrapper allowed there):
     the demo detector trains with bf16 autocast, every iteration's loss is recorded and
@@ -193,6 +193,7 @@ def test_gpu_check_training_runs_its_detector(tmp_path):
     assert result['kernel_status'] == {} and result['fallback_warnings'] == []
     assert result['passed'] is False
     assert 'PyTorch' in result['focal_loss'] and '0 kernel configurations' in result['figure']
+
 
 def test_launch_count_sees_the_kernels_as_on_cuda():
     """tools/analysis/launches.py (a child process: it sets TRITON_INTERPRET): each Pola

@@ -83,7 +83,7 @@ def forward_backward(fn: Callable, inputs: List[torch.Tensor], grad: torch.Tenso
     return out, [t.grad for t in leaves]
 
 
-def check_kernels(device: torch.device, shapes=KERNEL_SHAPES,
+def check_kernels(device: torch.device, shapes: List[Tuple[int, ...]] = KERNEL_SHAPES,
                   head_dims: Optional[Tuple[int, ...]] = None) -> Dict:
     """Compiled kernels against the plain reference: worst relative error per setting, for
     ``shapes`` (batch, heads, queries, keys, chunk) and ``head_dims`` (default: all
