@@ -9,7 +9,10 @@ import json
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
+from pola_mm.ops.pola_triton import _divisors, _exponents
 from triton_interpreter import run_under_interpreter
 
 # (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
@@ -95,7 +98,67 @@ def compare_all(device='cpu'):
     results['scale'] = compare_scaled_dispatch(device)
     results['half_output'] = compare_half_output(device)
     results['broadcast'] = compare_broadcast_parameters(device)
+    for dtype in ('float32', 'autocast'):
+        results['logits' + dtype] = compare_parameters_before_activation(device, dtype)
+    results['activations'] = compare_activations(device)
     return results
+
+
+def compare_parameters_before_activation(device, dtype):
+    """The layers hand the core their power and scale parameters before the activations
+    (``alpha`` given): the kernels apply ``1 + alpha * sigmoid`` and ``softplus``
+    themselves. Errors of output and gradients (those of the two parameters included)
+    against the PyTorch path, which applies them first; the q, k, v dtypes of ``dtype``,
+    heads interleaved as the layers pass them."""
+    from pola_mm.ops.polarity_attention import polarity_linear_attention
+    from test_ops_pola_torch import forward_backward
+    batch, heads, _, _, dims = shape = CASES[0][:5]
+    inputs, grad = kernel_inputs(shape, dtype, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    inputs[:3] = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs[:3]]
+    inputs[3] = 2 * torch.randn(1, heads, 1, dims, generator=gen)
+    inputs.append(2 * torch.randn(1, heads, 1, dims, generator=gen))
+    inputs, grad = [t.to(device) for t in inputs], grad.to(device)
+    (out, grads), (ref, ref_grads) = (
+        forward_backward(lambda q, k, v, p, s: polarity_linear_attention(
+            q, k, v, p, impl=impl, scale=s, alpha=4.), inputs, grad)
+        for impl in ('triton', 'torch'))
+    return errors_between(out, grads, ref, ref_grads, out.dtype == inputs[0].dtype)
+
+
+@triton.jit
+def _activation_probe(power_ptr, scale_ptr, out_ptr, alpha, activate, D: tl.constexpr):
+    """Stores the kernels' exponents, divisors and their slopes (4, d) for one table."""
+    power, power_slope = _exponents(power_ptr, 0, alpha, activate, D)
+    scale, scale_slope = _divisors(scale_ptr, 0, activate, D)
+    cols = tl.arange(0, D)
+    tl.store(out_ptr + cols, power)
+    tl.store(out_ptr + D + cols, power_slope)
+    tl.store(out_ptr + 2 * D + cols, scale)
+    tl.store(out_ptr + 3 * D + cols, scale_slope)
+
+
+def compare_activations(device):
+    """Largest relative errors of the kernels' activations and slopes (activated and not)
+    against PyTorch's ``1 + 4 * sigmoid``, ``softplus`` and their autograd derivatives, on
+    parameters from -40 to 40 (both sides of softplus' threshold 20, and the far negative
+    side where ``1 + exp(x)`` rounds to 1)."""
+    table = torch.cat([torch.linspace(-40., 40., 57), torch.tensor([-17., 19.9, 20., 20.1,
+                                                                   -1e-3, 0., 1e-3])])
+    table = table.to(device)
+    leaf = table.detach().clone().requires_grad_()
+    power, scale = 1 + 4 * torch.sigmoid(leaf), torch.nn.functional.softplus(leaf)
+    power_slope, = torch.autograd.grad(power.sum(), leaf)
+    scale_slope, = torch.autograd.grad(scale.sum(), leaf)
+    expected = {1: torch.stack([power, power_slope, scale, scale_slope]).detach(),
+                0: torch.stack([table, torch.ones_like(table)] * 2)}
+    errors = {}
+    for activate, wanted in expected.items():
+        out = torch.empty(4, table.numel(), device=device)
+        _activation_probe[(1, )](table, table, out, 4., activate, D=table.numel())
+        relative = (out - wanted).abs() / wanted.abs().clamp(min=1e-30)
+        errors[activate] = relative.max(1).values.tolist()
+    return errors
 
 
 def compare_broadcast_parameters(device):
@@ -192,6 +255,34 @@ def test_output_keeps_the_input_dtype_under_autocast(interpreter_results):
 
 def test_compiled_output_keeps_the_input_dtype_on_cuda(cuda_results):
     check_errors(cuda_results['half_output'], 'bfloat16')
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'autocast'])
+def test_kernels_apply_the_parameter_activations(interpreter_results, dtype):
+    check_errors(interpreter_results['logits' + dtype], dtype)
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'autocast'])
+def test_compiled_kernels_apply_the_parameter_activations_on_cuda(cuda_results, dtype):
+    check_errors(cuda_results['logits' + dtype], dtype)
+
+
+def test_activations_match_pytorch_to_a_few_ulps(interpreter_results):
+    """Exponents, divisors and slopes of the kernels as PyTorch's, activated or not."""
+    for activate, errors in interpreter_results['activations'].items():
+        assert max(errors) < 1e-6, (activate, errors)
+
+
+def test_compiled_activations_match_pytorch_on_cuda(cuda_results):
+    for activate, errors in cuda_results['activations'].items():
+        assert max(errors) < 1e-6, (activate, errors)
+
+
+def test_parameters_before_activation_need_the_scale():
+    from pola_mm.ops.polarity_attention import polarity_linear_attention
+    q = torch.randn(1, 1, 4, 32)
+    with pytest.raises(ValueError, match='alpha.*scale is missing'):
+        polarity_linear_attention(q, q, q, torch.zeros(1, 1, 1, 32), alpha=4.)
 
 
 def test_triton_path_refuses_cpu_tensors_without_interpreter():

@@ -34,11 +34,12 @@ def make_inputs(dims=32, heads=2, tokens=21, seed=0):
     return [q, k, v, power, scale]
 
 
-def run(impl, inputs):
-    """Output and gradients of every input of one call."""
+def run(impl, inputs, alpha=None):
+    """Output and gradients of every input of one call (``alpha``: power and scale are
+    parameters before their activations)."""
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     q, k, v, power, scale = leaves
-    out = polarity_linear_attention(q, k, v, power, impl=impl, scale=scale)
+    out = polarity_linear_attention(q, k, v, power, impl=impl, scale=scale, alpha=alpha)
     out.square().sum().backward()
     return out.detach(), [t.grad for t in leaves]
 
@@ -233,7 +234,7 @@ def interpreted_cases():
     inputs = make_inputs(dims=32, heads=2, tokens=37)
     expected = run('torch', inputs)
 
-    def errors(result):
+    def errors(result, expected=expected):
         return [((ours - ref).norm() / ref.norm()).item()
                 for ours, ref in zip([result[0], *result[1]], [expected[0], *expected[1]])]
 
@@ -260,6 +261,13 @@ def interpreted_cases():
         results['fallback_messages'] = [str(w.message) for w in triton_warnings(record)]
     results['fallback_launches'] = len(launches)
     results['fallback_status'] = list(polarity_attention._KERNEL_STATUS.values())
+    # the layers' parameters before their activations: the PyTorch path's gradients
+    polarity_attention._KERNEL_STATUS.clear()
+    logits = inputs[:3] + [torch.randn(1, 2, 1, 32), torch.randn(1, 2, 1, 32)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        results['fallback_logits'] = errors(run('auto', logits, alpha=4.),
+                                            run('torch', logits, alpha=4.))
     try:
         run('triton', inputs)
         results['triton_error'] = None
@@ -286,6 +294,7 @@ def test_backward_failure_falls_back_with_one_warning(interpreted):
     assert 'failed in backward' in messages[0] and 'PassManager::run failed' in messages[0]
     assert "attn_impl='torch'" in messages[0]
     assert interpreted['fallback_launches'] == 1 and interpreted['fallback_status'] == ['failed']
+    assert max(interpreted['fallback_logits']) < 1e-4  # activations applied in PyTorch
 
 
 def test_backward_failure_under_triton_names_the_pytorch_path(interpreted):

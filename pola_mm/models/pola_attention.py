@@ -23,7 +23,8 @@ class PolaLinearAttention(nn.Module):
 
     Forward: ``k += positional_encoding`` (resized bicubically from its pretraining
     grid to the key grid), q and k divided by ``softplus(scale)`` (inside the core),
-    :func:`polarity_linear_attention` with ``power = 1 + alpha * sigmoid(power)``, plus a
+    :func:`polarity_linear_attention` with ``power = 1 + alpha * sigmoid(power)`` (both
+    activations applied by the core: inside the Triton kernels, no launches), plus a
     depthwise conv ``dwc`` on v (kernel ``kernel_size``, shared by all heads), times the
     gate g, then ``proj``.
 
@@ -148,14 +149,14 @@ class PolaLinearAttention(nn.Module):
             raise ValueError(f'{num_tokens} tokens do not form the grid {height}x{width}')
         q, k, v, g, kv_hw = self._project(x, hw_shape)
         k = k + self._positional_encoding(kv_hw)
-        power = 1 + self.alpha * torch.sigmoid(self.power)
 
         def heads(t: Tensor) -> Tensor:  # (B, L, C) -> (B, h, L, d)
             return t.reshape(t.shape[0], -1, self.num_heads, self.head_dims).transpose(1, 2)
 
-        out = polarity_linear_attention(heads(q), heads(k), heads(v), power,
-                                        impl=self.attn_impl,
-                                        scale=heads(F.softplus(self.scale)))
+        # the core applies the activations of power and scale (inside the Triton kernels)
+        out = polarity_linear_attention(heads(q), heads(k), heads(v), self.power,
+                                        impl=self.attn_impl, scale=heads(self.scale),
+                                        alpha=self.alpha)
         out = out.transpose(1, 2).reshape(batch, num_tokens, channels)
         # out of place: adding in place to the conv output's view costs autograd copies of
         # the whole map in backward

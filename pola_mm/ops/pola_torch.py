@@ -30,13 +30,19 @@ backward through the head split costs a copy.
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
 def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                          scale: Optional[Tensor] = None) -> None:
-    """Raise ValueError unless q (B, h, N, d), k and v (B, h, n, d), d even, and power
-    (and scale, if given) broadcast to (1, h, 1, d)."""
+                          scale: Optional[Tensor] = None,
+                          alpha: Optional[float] = None) -> None:
+    """Raise ValueError unless q (B, h, N, d), k and v (B, h, n, d), d even, power (and
+    scale, if given) broadcast to (1, h, 1, d), and scale is given where ``alpha`` is
+    (:func:`activate_parameters`)."""
+    if alpha is not None and scale is None:
+        raise ValueError('alpha is given, so power and scale are parameters before their '
+                         'activations; scale is missing')
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError('q, k and v must be 4-D (B, heads, tokens, dims), got shapes '
                          f'{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}')
@@ -54,6 +60,16 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                 param.shape[1] not in (1, heads) or param.shape[3] not in (1, dims)):
             raise ValueError(f'{name} must broadcast as (1, {heads}, 1, {dims}), '
                              f'got {tuple(param.shape)}')
+
+
+def activate_parameters(power: Tensor, scale: Optional[Tensor],
+                        alpha: Optional[float]) -> Tuple[Tensor, Optional[Tensor]]:
+    """The exponents and divisors of the core from the Pola layers' parameters: where
+    ``alpha`` is given, ``(1 + alpha * sigmoid(power), softplus(scale))``; else ``power``
+    and ``scale`` are already those and are returned as they are."""
+    if alpha is None:
+        return power, scale
+    return 1 + alpha * torch.sigmoid(power), F.softplus(scale)
 
 
 def empty_in_memory_order(like: Tensor, last_dim: Optional[int] = None,

@@ -4,8 +4,8 @@ The algebra of :mod:`pola_mm.ops.pola_torch` in its (2d)-wide form: with
 ``Q = [q+, q-]`` and ``W = [[P1, M2, m+, m-], [M1, P2, m-, m+]]`` (2d, d + 2) built from
 ``P = k+^T v / n``, ``M = k-^T v / n`` and the key means ``m±``, the output is ``Q @ W``
 normalised by its last two columns. Six kernels, with fp32 accumulation; the four over the
-tokens run per (batch x head) and chunk of tokens and compute the polarity features in
-registers (never written to memory):
+tokens run per (batch x head) and chunk of tokens and compute the polarity features on
+chip (never written to global memory):
 
 * ``_key_state_kernel``: per-chunk partial sums of ``[k+, k-]^T [v, 1]`` (2d, d + 1);
 * ``_mixing_kernel``: the key state (their sum) -> ``W``, the lean path's
@@ -20,7 +20,11 @@ registers (never written to memory):
 Partial sums over chunks are added in PyTorch (deterministic, no atomics). The per-channel
 ``scale`` that divides q and k thus enters only the small ``W``: the kernels read q and k
 as the projections left them, and no divided copy of either is made or kept for backward;
-the row weight and its gradient are computed inside the two mixing kernels.
+the row weight and its gradient are computed inside the two mixing kernels. Given
+``alpha``, the power and scale tables are the layers' parameters before their
+activations, and every kernel applies ``1 + alpha * sigmoid`` and ``softplus`` (and the
+backward kernels their derivatives) to the few values it reads; the partial gradients of
+both tables lie in one buffer, added up by one reduction.
 q, k and v may be strided views (heads split off a (B, L, h*d) projection, no copy); the
 output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy either.
 Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and v arrive in half and
@@ -44,7 +48,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
-from .pola_torch import check_polarity_inputs, polarity_linear_attention_torch
+from .pola_torch import activate_parameters, check_polarity_inputs, polarity_linear_attention_torch
 from .triton_compile import BLOCK_TOKENS, NUM_WARPS, SUPPORTED_HEAD_DIMS, kernel_precision
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -71,6 +75,30 @@ def _features_backward(x, magnitude, grad_pos, grad_neg, power):
 
 
 @triton.jit
+def _exponents(power_ptr, head, alpha, activate, D: tl.constexpr):
+    """The exponents p (d,) of ``head`` and dp / d(table) (d,): the table itself, or
+    where ``activate`` the layers' ``1 + alpha * sigmoid(table)``."""
+    raw = tl.load(power_ptr + head * D + tl.arange(0, D))
+    gate = tl.sigmoid(raw)
+    power = tl.where(activate != 0, 1. + alpha * gate, raw)
+    return power, tl.where(activate != 0, alpha * gate * (1. - gate), 1.)
+
+
+@triton.jit
+def _divisors(scale_ptr, head, activate, D: tl.constexpr):
+    """The divisors (d,) of ``head`` and their derivative by the table (d,): the table
+    itself, or where ``activate`` ``softplus(table)`` (PyTorch's, threshold 20; its log1p
+    in Goldberg's accurate form ``log(u) * e / (u - 1)``, ``u = 1 + e``)."""
+    raw = tl.load(scale_ptr + head * D + tl.arange(0, D))
+    e = tl.exp(tl.minimum(raw, 20.))
+    u = 1. + e
+    log1p = tl.where(u == 1., e, tl.log(u) * (e / tl.where(u == 1., 1., u - 1.)))
+    softplus = tl.where(raw > 20., raw, log1p)
+    return (tl.where(activate != 0, softplus, raw),
+            tl.where(activate != 0, tl.sigmoid(raw), 1.))
+
+
+@triton.jit
 def _tile(ptr, bh, num_heads, stride_b, stride_h, stride_n, rows, cols):
     """Pointers to the (rows, cols) tile of head ``bh`` of a (B, h, L, d) tensor whose
     last dim is contiguous (any other strides: e.g. heads split off a (B, L, h*d) map)."""
@@ -79,15 +107,15 @@ def _tile(ptr, bh, num_heads, stride_b, stride_h, stride_n, rows, cols):
             cols[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['activate'])
 def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, chunk,
-                      stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-                      D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                      alpha, activate, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
+                      stride_vn, D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """state[bh, c] = sum over the chunk's keys of [k+, k-]^T [v, 1]: (2d, d + 1)."""
     part = tl.program_id(0)
     bh = tl.program_id(1)
     cols = tl.arange(0, D)
-    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    power, _ = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     acc_pos = tl.zeros((D, D), dtype=tl.float32)
     acc_neg = tl.zeros((D, D), dtype=tl.float32)
     sum_pos = tl.zeros((D, ), dtype=tl.float32)
@@ -115,12 +143,14 @@ def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, c
 
 
 @triton.jit
-def _row_weight(power_ptr, scale_ptr, head, num_keys, D: tl.constexpr):
-    """power (d,), scale (d,) of ``head`` and the row weight ``scale^-2p / n`` (d,)."""
-    cols = tl.arange(0, D)
-    power = tl.load(power_ptr + head * D + cols)
-    scale = tl.load(scale_ptr + head * D + cols)
-    return power, scale, tl.exp2(-2. * power * tl.log2(scale)) / num_keys
+def _row_weight(power_ptr, scale_ptr, head, num_keys, alpha, activate, D: tl.constexpr):
+    """Of ``head``: power (d,), scale (d,), the row weight ``scale^-2p / n`` (d,), and the
+    derivatives of power and scale by their tables (d,) (:func:`_exponents`,
+    :func:`_divisors`)."""
+    power, power_slope = _exponents(power_ptr, head, alpha, activate, D)
+    scale, scale_slope = _divisors(scale_ptr, head, activate, D)
+    return (power, scale, tl.exp2(-2. * power * tl.log2(scale)) / num_keys, power_slope,
+            scale_slope)
 
 
 @triton.jit
@@ -137,9 +167,9 @@ def _mix_block(state, mixing, w_row, s_row, col, weight, D: tl.constexpr):
     tl.store(_block(mixing, w_row, col, D + 2, D), block * weight[:, None])
 
 
-@triton.jit
-def _mixing_kernel(state_ptr, power_ptr, scale_ptr, mixing_ptr, num_keys, num_heads,
-                   D: tl.constexpr):
+@triton.jit(do_not_specialize=['activate'])
+def _mixing_kernel(state_ptr, power_ptr, scale_ptr, mixing_ptr, num_keys, num_heads, alpha,
+                   activate, D: tl.constexpr):
     """W (2d, d + 2) from the key state S = [[P, m+], [M, m-]] (2d, d + 1)::
 
         W = [[P[:, :d/2], M[:, d/2:], m+, m-],
@@ -148,7 +178,8 @@ def _mixing_kernel(state_ptr, power_ptr, scale_ptr, mixing_ptr, num_keys, num_he
     with row i of both halves times ``scale_i^-2p_i / n``: a (d, d/2) block at a time."""
     bh = tl.program_id(0)
     rows = tl.arange(0, D)
-    _, _, weight = _row_weight(power_ptr, scale_ptr, bh % num_heads, num_keys, D)
+    _, _, weight, _, _ = _row_weight(power_ptr, scale_ptr, bh % num_heads, num_keys, alpha,
+                                     activate, D)
     state = state_ptr + bh * (2 * D * (D + 1))
     mixing = mixing_ptr + bh * (2 * D * (D + 2))
     _mix_block(state, mixing, 0, 0, 0, weight, D)  # P left, M right, M left, P right
@@ -178,17 +209,17 @@ def _load_mixing(mixing_ptr, bh, D: tl.constexpr):
     return top, bottom, top_sim, top_opp, bottom_sim, bottom_opp
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['activate'])
 def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, num_queries,
-                         num_heads, eps, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh,
-                         stride_on, D: tl.constexpr, BLOCK: tl.constexpr,
+                         num_heads, eps, alpha, activate, stride_qb, stride_qh, stride_qn,
+                         stride_ob, stride_oh, stride_on, D: tl.constexpr, BLOCK: tl.constexpr,
                          PRECISION: tl.constexpr):
     """out = (Q @ W)[:, :d] / normalisers; also stores the reciprocal normalisers."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     bh = tl.program_id(1)
     cols = tl.arange(0, D)
     row_mask = rows < num_queries
-    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    power, _ = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     top, bottom, top_sim, top_opp, bottom_sim, bottom_opp = _load_mixing(mixing_ptr, bh, D)
     q = tl.load(_tile(q_ptr, bh, num_heads, stride_qb, stride_qh, stride_qn, rows, cols),
                 mask=row_mask[:, None], other=0.).to(tl.float32)
@@ -207,19 +238,20 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
     tl.store(inv_norm_ptr + norm_offsets + 1, inv_opp, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['activate'])
 def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr, mixing_ptr,
-                           grad_q_ptr, grad_mixing_ptr, grad_power_ptr, num_queries,
-                           num_heads, chunk, stride_pb, stride_qb, stride_qh, stride_qn, stride_ob,
-                           stride_oh, stride_on, stride_gb, stride_gh, stride_gn, stride_dqb,
-                           stride_dqh, stride_dqn, D: tl.constexpr, BLOCK: tl.constexpr,
-                           PRECISION: tl.constexpr):
-    """dq, and per-chunk partial dW (2d, d + 2) and d power (d,)."""
+                           grad_q_ptr, grad_mixing_ptr, grad_power_ptr, grad_scale_ptr,
+                           num_queries, num_heads, chunk, alpha, activate, stride_pb,
+                           stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on,
+                           stride_gb, stride_gh, stride_gn, stride_dqb, stride_dqh, stride_dqn,
+                           D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """dq, and per-chunk partial dW (2d, d + 2) and d power (by its table) (d,); stores
+    zeros in its row of the d scale partials (only the mixing backward adds to d scale)."""
     part = tl.program_id(0)
     bh = tl.program_id(1)
     cols = tl.arange(0, D)
     first_half = cols[None, :] < D // 2
-    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    power, power_slope = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     top, bottom, top_sim, top_opp, bottom_sim, bottom_opp = _load_mixing(mixing_ptr, bh, D)
     grad_top = tl.zeros((D, D), dtype=tl.float32)
     grad_bottom = tl.zeros((D, D), dtype=tl.float32)
@@ -277,7 +309,8 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
     tl.store(out + cols * (D + 2) + D + 1, grad_top_opp)
     tl.store(out + D * (D + 2) + cols * (D + 2) + D, grad_bottom_sim)
     tl.store(out + D * (D + 2) + cols * (D + 2) + D + 1, grad_bottom_opp)
-    tl.store(grad_power_ptr + bh * stride_pb + part * D + cols, grad_power)
+    tl.store(grad_power_ptr + bh * stride_pb + part * D + cols, grad_power * power_slope)
+    tl.store(grad_scale_ptr + bh * stride_pb + part * D + cols, tl.zeros((D, ), tl.float32))
 
 
 @triton.jit
@@ -291,16 +324,18 @@ def _unmix_block(grad_mixing, state, grad_state, w_row, s_row, col, weight, D: t
     return tl.sum(grad_block * tl.load(_block(state, s_row, col, D + 1, D)), 1)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['activate'])
 def _mixing_backward_kernel(grad_mixing_ptr, state_ptr, power_ptr, scale_ptr, grad_state_ptr,
-                            grad_power_ptr, grad_scale_ptr, num_keys, num_heads, stride_pb,
-                            D: tl.constexpr):
+                            grad_power_ptr, grad_scale_ptr, num_keys, num_heads, alpha,
+                            activate, stride_pb, D: tl.constexpr):
     """The backward of ``_mixing_kernel``: from dW (2d, d + 2) the key state's gradient
     (2d, d + 1) and, through the row weight ``w = scale^-2p / n``, this (batch x head)'s
-    share of d power (``dw * w * -2 log scale``) and d scale (``dw * w * -2p / scale``)."""
+    share of d power (``dw * w * -2 log scale``) and d scale (``dw * w * -2p / scale``),
+    each by its table."""
     bh = tl.program_id(0)
     rows = tl.arange(0, D)
-    power, scale, weight = _row_weight(power_ptr, scale_ptr, bh % num_heads, num_keys, D)
+    power, scale, weight, power_slope, scale_slope = _row_weight(
+        power_ptr, scale_ptr, bh % num_heads, num_keys, alpha, activate, D)
     grad_mixing = grad_mixing_ptr + bh * (2 * D * (D + 2))
     state = state_ptr + bh * (2 * D * (D + 1))
     grad_state = grad_state_ptr + bh * (2 * D * (D + 1))
@@ -318,22 +353,26 @@ def _mixing_backward_kernel(grad_mixing_ptr, state_ptr, power_ptr, scale_ptr, gr
     tl.store(grad_state + rows * (D + 1) + D, grad_mean_pos * weight)
     tl.store(grad_state + (D + rows) * (D + 1) + D, grad_mean_neg * weight)
     grad_weight *= weight
-    tl.store(grad_power_ptr + bh * stride_pb + rows, -2. * grad_weight * tl.log(scale))
-    tl.store(grad_scale_ptr + bh * D + rows, -2. * grad_weight * power / scale)
+    tl.store(grad_power_ptr + bh * stride_pb + rows,
+             -2. * grad_weight * tl.log(scale) * power_slope)
+    tl.store(grad_scale_ptr + bh * stride_pb + rows,
+             -2. * grad_weight * power / scale * scale_slope)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['activate'])
 def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, grad_v_ptr,
-                         grad_power_ptr, num_keys, num_heads, chunk, stride_pb, stride_kb,
+                         grad_power_ptr, grad_scale_ptr, num_keys, num_heads, chunk, alpha,
+                         activate, stride_pb, stride_kb,
                          stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dkb,
                          stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
                          D: tl.constexpr,
                          BLOCK: tl.constexpr, PRECISION: tl.constexpr):
-    """dk, dv and per-chunk partial d power from d state (2d, d + 1), already over n."""
+    """dk, dv and per-chunk partial d power (by its table) from d state (2d, d + 1),
+    already over n; zeros in its row of the d scale partials."""
     part = tl.program_id(0)
     bh = tl.program_id(1)
     cols = tl.arange(0, D)
-    power = tl.load(power_ptr + (bh % num_heads) * D + cols)
+    power, power_slope = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     base = grad_state_ptr + bh * (2 * D * (D + 1))
     matrix = cols[:, None] * (D + 1) + cols[None, :]
     grad_kv_pos = tl.load(base + matrix)
@@ -363,7 +402,8 @@ def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, gr
         grad_power += grad_power_rows
         tl.store(_tile(grad_k_ptr, bh, num_heads, stride_dkb, stride_dkh, stride_dkn, rows,
                        cols), grad_k.to(grad_k_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_power_ptr + bh * stride_pb + part * D + cols, grad_power)
+    tl.store(grad_power_ptr + bh * stride_pb + part * D + cols, grad_power * power_slope)
+    tl.store(grad_scale_ptr + bh * stride_pb + part * D + cols, tl.zeros((D, ), tl.float32))
 
 
 def _on_device(t: Tensor):
@@ -385,67 +425,74 @@ def _dense_last_dim(t: Tensor) -> Tensor:
 
 
 def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: Tensor,
-                     eps: float, chunk: int, out_dtype: torch.dtype, precision: str):
-    """Launch the key-state, mixing and output kernels; return
-    (out, key_state, mixing, inv_norm)."""
+                     eps: float, alpha: Optional[float], chunk: int, out_dtype: torch.dtype,
+                     precision: str):
+    """Launch the key-state, mixing and output kernels (``alpha``: see
+    :func:`polarity_linear_attention_triton`); return (out, key_state, mixing, inv_norm)."""
+    activation = (0., 0) if alpha is None else (float(alpha), 1)
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
     key_chunks = _num_chunks(num_keys, chunk)
     state = q.new_empty(batch * heads, key_chunks, 2 * dims, dims + 1, dtype=torch.float32)
     _key_state_kernel[(key_chunks, batch * heads)](
-        k, v, power32, state, num_keys, heads, chunk, *_strides(k), *_strides(v), D=dims,
+        k, v, power32, state, num_keys, heads, chunk, *activation, *_strides(k), *_strides(v),
+        D=dims,
         BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
     key_state = state.sum(1)  # (B * h, 2d, d + 1)
     mixing = q.new_empty(batch * heads, 2 * dims, dims + 2, dtype=torch.float32)
     _mixing_kernel[(batch * heads, )](key_state, power32, scale32, mixing, num_keys, heads,
-                                      D=dims, num_warps=NUM_WARPS)
+                                      *activation, D=dims, num_warps=NUM_WARPS)
 
     # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
     out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
     inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
     _query_output_kernel[(triton.cdiv(num_queries, BLOCK_TOKENS), batch * heads)](
-        q, power32, mixing, out, inv_norm, num_queries, heads, eps, *_strides(q),
+        q, power32, mixing, out, inv_norm, num_queries, heads, eps, *activation, *_strides(q),
         *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
     return out, key_state, mixing, inv_norm
 
 
 def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: Tensor,
-                      key_state: Tensor, mixing: Tensor, out: Tensor, inv_norm: Tensor,
-                      grad_out: Tensor, chunk: int, precision: str):
-    """Launch the three backward kernels; return the gradients of q, k, v, and of power
-    and scale as (h, d) tables."""
+                      alpha: Optional[float], key_state: Tensor, mixing: Tensor, out: Tensor,
+                      inv_norm: Tensor, grad_out: Tensor, chunk: int, precision: str):
+    """Launch the three backward kernels; return the gradients of q, k, v, and of the
+    power and scale tables as (h, d) tables."""
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
     query_chunks = _num_chunks(num_queries, chunk)
     key_chunks = _num_chunks(num_keys, chunk)
-    # d power's partial sums: the query chunks', the row weight's, the key chunks'
-    grad_power = q.new_empty(batch * heads, query_chunks + 1 + key_chunks, dims,
-                             dtype=torch.float32)
+    activation = (0., 0) if alpha is None else (float(alpha), 1)
+    # partial sums of d power (plane 0) and d scale (plane 1), one row each from the query
+    # chunks, the row weight and the key chunks: one reduction adds up both
+    grad_tables = q.new_empty(2, batch * heads, query_chunks + 1 + key_chunks, dims,
+                              dtype=torch.float32)
+    grad_power, grad_scale = grad_tables
     grad_q = torch.empty_like(q)
     grad_mixing = q.new_empty(batch * heads, query_chunks, 2 * dims, dims + 2,
                               dtype=torch.float32)
     _query_backward_kernel[(query_chunks, batch * heads)](
         q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power,
-        num_queries, heads, chunk, grad_power.stride(0), *_strides(q), *_strides(out),
+        grad_scale, num_queries, heads, chunk, *activation, grad_power.stride(0),
+        *_strides(q), *_strides(out),
         *_strides(grad_out), *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS,
         PRECISION=precision, num_warps=NUM_WARPS)
 
     grad_state = torch.empty_like(key_state)
-    grad_scale = q.new_empty(batch * heads, dims, dtype=torch.float32)
     _mixing_backward_kernel[(batch * heads, )](
         grad_mixing.sum(1), key_state, power32, scale32, grad_state,
-        grad_power[:, query_chunks], grad_scale, num_keys, heads, grad_power.stride(0),
-        D=dims, num_warps=NUM_WARPS)
+        grad_power[:, query_chunks], grad_scale[:, query_chunks], num_keys, heads,
+        *activation, grad_power.stride(0), D=dims, num_warps=NUM_WARPS)
 
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
     _key_backward_kernel[(key_chunks, batch * heads)](
-        k, v, power32, grad_state, grad_k, grad_v, grad_power[:, query_chunks + 1:], num_keys,
-        heads, chunk, grad_power.stride(0), *_strides(k), *_strides(v), *_strides(grad_k),
+        k, v, power32, grad_state, grad_k, grad_v, grad_power[:, query_chunks + 1:],
+        grad_scale[:, query_chunks + 1:], num_keys, heads, chunk, *activation,
+        grad_power.stride(0), *_strides(k), *_strides(v), *_strides(grad_k),
         *_strides(grad_v), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision,
         num_warps=NUM_WARPS)
-    grad_power = grad_power.view(batch, heads, -1, dims).sum((0, 2))
-    return grad_q, grad_k, grad_v, grad_power, grad_scale.view(batch, heads, dims).sum(0)
+    grad_power, grad_scale = grad_tables.view(2, batch, heads, -1, dims).sum((1, 3))
+    return grad_q, grad_k, grad_v, grad_power, grad_scale
 
 
 def _head_table(param: Tensor, heads: int, dims: int) -> Tensor:
@@ -460,12 +507,15 @@ def _table_grad(grad: Tensor, param: Tensor) -> Tensor:
 
 
 def _torch_gradients(q: Tensor, k: Tensor, v: Tensor, power: Tensor, scale: Optional[Tensor],
-                     eps: float, out_dtype: torch.dtype, grad_out: Tensor):
+                     eps: float, alpha: Optional[float], out_dtype: torch.dtype,
+                     grad_out: Tensor):
     """The same gradients through the lean PyTorch path (after a kernel failure)."""
     with torch.enable_grad():
         inputs = [t.detach().requires_grad_() for t in (q, k, v, power, scale)
                   if t is not None]
-        out = polarity_linear_attention_torch(*inputs[:4], eps, *inputs[4:]).to(out_dtype)
+        exponents, divisors = activate_parameters(*inputs[3:], alpha)
+        out = polarity_linear_attention_torch(*inputs[:3], exponents, eps,
+                                              divisors).to(out_dtype)
         grads = torch.autograd.grad(out, inputs, grad_out)
     return grads if scale is not None else (*grads, None)
 
@@ -475,7 +525,8 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, power: Tensor, scale: Optional[Tensor],
-                eps: float, chunk: int, out_dtype: torch.dtype, guard) -> Tensor:
+                eps: float, alpha: Optional[float], chunk: int, out_dtype: torch.dtype,
+                guard) -> Tensor:
         heads, dims = q.shape[1], q.shape[3]
         q, k, v = (_dense_last_dim(t) for t in (q, k, v))  # heads may stay interleaved
         power32 = _head_table(power, heads, dims)
@@ -483,35 +534,35 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
                    _head_table(scale, heads, dims))
         precision = kernel_precision(q.device)
         with _on_device(q):
-            out, key_state, mixing, inv_norm = _forward_kernels(q, k, v, power32, scale32, eps,
-                                                                chunk, out_dtype, precision)
+            out, key_state, mixing, inv_norm = _forward_kernels(
+                q, k, v, power32, scale32, eps, alpha, chunk, out_dtype, precision)
         ctx.save_for_backward(q, k, v, power, scale, power32, scale32, key_state, mixing, out,
                               inv_norm)
-        ctx.config = (eps, chunk, out_dtype, precision, guard)
+        ctx.config = (eps, alpha, chunk, out_dtype, precision, guard)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         q, k, v, power, scale, power32, scale32, key_state, mixing, out, inv_norm = \
             ctx.saved_tensors
-        eps, chunk, out_dtype, precision, guard = ctx.config
+        eps, alpha, chunk, out_dtype, precision, guard = ctx.config
         grad_out = _dense_last_dim(grad_out)
         try:
             with _on_device(q):
                 *grads, grad_power, grad_scale = _backward_kernels(
-                    q, k, v, power32, scale32, key_state, mixing, out, inv_norm, grad_out,
-                    chunk, precision)
+                    q, k, v, power32, scale32, alpha, key_state, mixing, out, inv_norm,
+                    grad_out, chunk, precision)
             grads += [_table_grad(grad_power, power),
                       None if scale is None else _table_grad(grad_scale, scale)]
         except Exception as error:
             if guard is None:
                 raise
             guard.failed(error, 'backward')  # raises unless the PyTorch path may take over
-            grads = _torch_gradients(q, k, v, power, scale, eps, out_dtype, grad_out)
+            grads = _torch_gradients(q, k, v, power, scale, eps, alpha, out_dtype, grad_out)
         else:
             if guard is not None:
                 guard.passed('backward')
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def triton_supports(q: Tensor) -> bool:
@@ -528,7 +579,8 @@ def triton_interpreted() -> bool:
 def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                                      eps: float = 1e-6, chunk: int = 256,
                                      out_dtype: Optional[torch.dtype] = None,
-                                     guard=None, scale: Optional[Tensor] = None) -> Tensor:
+                                     guard=None, scale: Optional[Tensor] = None,
+                                     alpha: Optional[float] = None) -> Tensor:
     """Fused-kernel polarity-aware linear attention; same contract as
     :func:`pola_mm.ops.polarity_attention.polarity_linear_attention`.
 
@@ -548,11 +600,16 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
             errors propagate.
         scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k, folded into
             the small mixing matrices (q and k are not divided).
+        alpha (float, optional): if given, ``power`` and ``scale`` (then required) are the
+            layers' parameters before their activations, exponents
+            ``1 + alpha * sigmoid(power)`` and divisor ``softplus(scale)``, which the
+            kernels compute themselves (and their derivatives), saving the launches of
+            the activations and of their backward.
 
     Returns:
         Tensor: (B, h, N, d) of ``out_dtype``, laid out as (B, N, h, d) in memory.
     """
-    check_polarity_inputs(q, k, v, power, scale)
+    check_polarity_inputs(q, k, v, power, scale, alpha)
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f'the Triton kernels need head dims in {SUPPORTED_HEAD_DIMS}, '
                          f"got {q.shape[-1]}; attn_impl='torch' runs any even head dims")
@@ -565,5 +622,5 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
         raise RuntimeError('the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1); '
                            "attn_impl='torch' runs on any device")
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return TritonPolarityAttentionFunction.apply(q, k, v, power, scale, eps, chunk,
+        return TritonPolarityAttentionFunction.apply(q, k, v, power, scale, eps, alpha, chunk,
                                                      out_dtype or q.dtype, guard)

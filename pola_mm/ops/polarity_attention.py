@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from .pola_reference import plain_polarity_attention
-from .pola_torch import (check_polarity_inputs, mixing_matrix, polarity_linear_attention_torch,
-                         scale_row_weight)
+from .pola_torch import (activate_parameters, check_polarity_inputs, mixing_matrix,
+                         polarity_linear_attention_torch, scale_row_weight)
 from .triton_compile import SUPPORTED_HEAD_DIMS, kernel_precision
 
 ATTENTION_IMPLS = ('auto', 'torch', 'triton', 'reference')
@@ -99,7 +99,8 @@ class _KernelGuard:
 
 
 def _run_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
-                scale: Optional[Tensor], fallback: bool) -> Optional[Tensor]:
+                scale: Optional[Tensor], alpha: Optional[float],
+                fallback: bool) -> Optional[Tensor]:
     """The kernels' result, or None where ``fallback`` and the configuration has failed
     (now or before): the caller then runs the PyTorch path."""
     key = (str(q.device), q.shape[-1], tuple(str(t.dtype).replace('torch.', '')
@@ -110,11 +111,12 @@ def _run_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
     guard = _KernelGuard(key, fallback)
     if status in ('forward', 'verified'):  # its forward has run: at most backward unproven
         from .pola_triton import polarity_linear_attention_triton
-        return polarity_linear_attention_triton(q, k, v, power, eps, scale=scale,
+        return polarity_linear_attention_triton(q, k, v, power, eps, scale=scale, alpha=alpha,
                                                 guard=guard if status == 'forward' else None)
     try:  # importing the kernels (Triton itself) can fail too
         from .pola_triton import polarity_linear_attention_triton
-        out = polarity_linear_attention_triton(q, k, v, power, eps, scale=scale, guard=guard)
+        out = polarity_linear_attention_triton(q, k, v, power, eps, scale=scale, alpha=alpha,
+                                               guard=guard)
     except Exception as error:  # noqa: BLE001 (any kernel failure, see _KernelGuard)
         guard.failed(error, 'forward')
         return None
@@ -124,7 +126,8 @@ def _run_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor, eps: float,
 
 def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                               eps: float = 1e-6, impl: str = 'auto',
-                              scale: Optional[Tensor] = None) -> Tensor:
+                              scale: Optional[Tensor] = None,
+                              alpha: Optional[float] = None) -> Tensor:
     """Polarity-aware linear attention of PolaFormer for one set of queries and keys.
 
     With ``phi_p(x) = relu(x / scale) ** p`` (per head and channel exponent ``p`` and
@@ -146,7 +149,8 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
         q (Tensor): (B, h, N, d) queries.
         k (Tensor): (B, h, n, d) keys (positional encoding added).
         v (Tensor): (B, h, n, d) values; ``d`` must be even.
-        power (Tensor): (1, h, 1, d) exponents ``1 + alpha * sigmoid(param)``.
+        power (Tensor): (1, h, 1, d) exponents (``1 + alpha * sigmoid(param)`` in the
+            models), or with ``alpha`` the parameter ``param`` itself.
         eps (float): normaliser epsilon (official value 1e-6).
         impl (str): 'auto' (Triton kernels on CUDA where they support the head dims and
             pass their first call, else PyTorch), 'torch', 'triton' or 'reference' (the
@@ -154,24 +158,32 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
         scale (Tensor, optional): (1, h, 1, d) positive divisor of q and k
             (``softplus(scale)`` of the models); the PyTorch path and the kernels fold it
             into their small matrices instead of dividing the (B, h, L, d) tensors.
+        alpha (float, optional): if given, ``power`` and ``scale`` (then required) are the
+            models' parameters before their activations: the exponents are
+            ``1 + alpha * sigmoid(power)`` and the divisor ``softplus(scale)``. The Triton
+            kernels compute both (and their derivatives) themselves, which saves the
+            launches of the activations and of their backward; the other paths apply
+            them first (:func:`~pola_mm.ops.pola_torch.activate_parameters`).
 
     Returns:
         Tensor: (B, h, N, d) of ``q``'s dtype; channels ``[:d/2]`` come from the sim
         stream, ``[d/2:]`` from the opp stream.
     """
     check_attention_impl(impl)
+    check_polarity_inputs(q, k, v, power, scale, alpha)  # bad input is no kernel failure
     if torch.onnx.is_in_onnx_export():
+        power, scale = activate_parameters(power, scale, alpha)
         return polarity_linear_attention_traceable(q, k, v, power, eps, scale)
-    check_polarity_inputs(q, k, v, power, scale)  # bad input is no kernel failure
+    if impl == 'triton' or (impl == 'auto' and _kernels_apply(q, k, v)):
+        out = _run_triton(q, k, v, power, eps, scale, alpha, fallback=impl == 'auto')
+        if out is not None:
+            return out
+    power, scale = activate_parameters(power, scale, alpha)
     if impl == 'reference':
         dtype = q.dtype
         if scale is not None:
             q, k = q / scale, k / scale
         return plain_polarity_attention(q, k, v, power, eps).to(dtype)
-    if impl == 'triton' or (impl == 'auto' and _kernels_apply(q, k, v)):
-        out = _run_triton(q, k, v, power, eps, scale, fallback=impl == 'auto')
-        if out is not None:
-            return out
     return polarity_linear_attention_torch(q, k, v, power, eps, scale)
 
 

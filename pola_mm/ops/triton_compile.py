@@ -100,8 +100,8 @@ class KernelBuild:
 
 def kernel_signature(fn, dtype: str = 'float32') -> Dict[str, str]:
     """Triton signature of one of the kernels: q/k/v/output pointers of ``dtype``
-    ('float32', 'bfloat16' or 'float16'), float32 workspaces, ``eps`` fp32, the other
-    scalars i32 (token counts and strides below 2**31)."""
+    ('float32', 'bfloat16' or 'float16'), float32 workspaces, ``eps`` and ``alpha`` fp32,
+    the other scalars i32 (token counts and strides below 2**31, the ``activate`` flag)."""
     signature = {}
     for name in fn.arg_names:
         if name in _CONSTEXPRS:
@@ -110,7 +110,7 @@ def kernel_signature(fn, dtype: str = 'float32') -> Dict[str, str]:
             element = _TRITON_DTYPES[dtype] if name in _TENSOR_POINTERS else 'fp32'
             signature[name] = '*' + element
         else:
-            signature[name] = 'fp32' if name == 'eps' else 'i32'
+            signature[name] = 'fp32' if name in ('eps', 'alpha') else 'i32'
     return signature
 
 
