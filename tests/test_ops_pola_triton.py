@@ -112,7 +112,7 @@ def compare_parameters_before_activation(device, dtype):
     heads interleaved as the layers pass them."""
     from pola_mm.ops.polarity_attention import polarity_linear_attention
     from test_ops_pola_torch import forward_backward
-    batch, heads, _, _, dims = shape = CASES[0][:5]
+    _, heads, _, _, dims = shape = CASES[0][:5]
     inputs, grad = kernel_inputs(shape, dtype, seed=7)
     gen = torch.Generator().manual_seed(8)
     inputs[:3] = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs[:3]]

@@ -420,6 +420,12 @@ def _strides(t: Tensor):
     return t.stride()[:3]
 
 
+def _activation_args(alpha: Optional[float]):
+    """The kernels' ``alpha, activate`` arguments: apply the activations (``alpha`` given,
+    as a float: one compiled signature) or read the tables as they are."""
+    return (0., 0) if alpha is None else (float(alpha), 1)
+
+
 def _dense_last_dim(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -429,7 +435,7 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: 
                      precision: str):
     """Launch the key-state, mixing and output kernels (``alpha``: see
     :func:`polarity_linear_attention_triton`); return (out, key_state, mixing, inv_norm)."""
-    activation = (0., 0) if alpha is None else (float(alpha), 1)
+    activation = _activation_args(alpha)
     batch, heads, num_queries, dims = q.shape
     num_keys = k.shape[2]
     key_chunks = _num_chunks(num_keys, chunk)
@@ -461,7 +467,7 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32:
     num_keys = k.shape[2]
     query_chunks = _num_chunks(num_queries, chunk)
     key_chunks = _num_chunks(num_keys, chunk)
-    activation = (0., 0) if alpha is None else (float(alpha), 1)
+    activation = _activation_args(alpha)
     # partial sums of d power (plane 0) and d scale (plane 1), one row each from the query
     # chunks, the row weight and the key chunks: one reduction adds up both
     grad_tables = q.new_empty(2, batch * heads, query_chunks + 1 + key_chunks, dims,
