@@ -206,23 +206,41 @@ def test_launches_are_made_on_the_inputs_device(monkeypatch):
     assert len(entered) == 1
 
 
-@pytest.mark.parametrize('allow_tf32,capability,hip,expected', [
-    (False, (9, 0), None, 'ieee'),  # PyTorch's default float32 matmul precision
-    (True, (9, 0), None, 'tf32'),
-    (True, (8, 6), None, 'tf32'),
-    (True, (7, 5), None, 'ieee'),   # no TF32 before Ampere
-    (True, (9, 4), '6.2', 'ieee'),  # ROCm
+def _legacy_flag():
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def _new_matmul_setting():
+    torch.backends.cuda.matmul.fp32_precision = 'tf32'
+
+
+def _new_global_setting():
+    torch.backends.cuda.matmul.fp32_precision = 'none'  # inherit, as in a fresh process
+    torch.backends.fp32_precision = 'tf32'
+
+
+@pytest.mark.parametrize('allow,capability,hip,expected', [
+    (None, (9, 0), None, 'ieee'),  # PyTorch's default float32 matmul precision
+    (lambda: torch.set_float32_matmul_precision('high'), (9, 0), None, 'tf32'),
+    (_legacy_flag, (8, 6), None, 'tf32'),
+    (_new_matmul_setting, (9, 0), None, 'tf32'),  # reading allow_tf32 would raise here
+    (_new_global_setting, (8, 0), None, 'tf32'),
+    (_new_matmul_setting, (7, 5), None, 'ieee'),  # no TF32 before Ampere
+    (_new_matmul_setting, (9, 4), '6.2', 'ieee'),  # ROCm
 ])
-def test_precision_follows_pytorch_setting(monkeypatch, allow_tf32, capability, hip, expected):
+def test_precision_follows_pytorch_setting(monkeypatch, allow, capability, hip, expected):
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
     monkeypatch.setattr(torch.version, 'hip', hip)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    previous = torch.get_float32_matmul_precision(), torch.backends.fp32_precision
     try:
+        if allow is not None:
+            allow()
         assert kernel_precision(torch.device('cuda', 0)) == expected
         assert kernel_precision(torch.device('cpu')) == 'ieee'
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    finally:  # restores every backend the settings touch (mkldnn's too)
+        torch.backends.fp32_precision = previous[1]
+        torch.set_float32_matmul_precision(previous[0])
+    assert not torch.backends.cuda.matmul.allow_tf32  # legacy reads work again
 
 
 def interpreted_cases():

@@ -30,7 +30,7 @@ output is laid out as (B, N, h, d) in memory, so merging its heads costs no copy
 Each of q, k and v may be fp32, bf16 or fp16 (under autocast q and v arrive in half and
 k in fp32, after the addition of the fp32 positional encoding); the output has the dtype
 asked for (the PyTorch path's: the input's). The products run in TF32 where PyTorch's own
-float32 matmul setting allows it (``torch.backends.cuda.matmul.allow_tf32``) on an NVIDIA
+float32 matmul setting allows it (``torch.backends.cuda.matmul.fp32_precision``) on an NVIDIA
 GPU of compute capability 8.0 or later, else in IEEE fp32
 (:func:`~pola_mm.ops.triton_compile.kernel_precision`).
 Head dims must be one of :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS` (those

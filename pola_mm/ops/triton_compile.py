@@ -114,13 +114,22 @@ def kernel_signature(fn, dtype: str = 'float32') -> Dict[str, str]:
     return signature
 
 
+def tf32_matmuls_allowed() -> bool:
+    """Whether PyTorch's float32 matmul setting allows TF32 on CUDA: its
+    ``torch.backends.cuda.matmul.fp32_precision`` (PyTorch 2.9 and later, set directly, by
+    ``torch.backends.fp32_precision`` or by ``torch.set_float32_matmul_precision``) where it
+    exists, else the legacy ``allow_tf32`` flag. Reading that flag after the new API was
+    used raises in PyTorch, hence the order."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, 'fp32_precision', None)
+    return matmul.allow_tf32 if precision is None else precision == 'tf32'
+
+
 def kernel_precision(device: torch.device) -> str:
     """``tl.dot`` input precision on ``device``: 'tf32' where PyTorch's float32 matmul
-    setting allows TF32 (``torch.backends.cuda.matmul.allow_tf32``, set e.g. by
-    ``torch.set_float32_matmul_precision('high')``) and the device is an NVIDIA GPU of
+    setting allows TF32 (:func:`tf32_matmuls_allowed`) and the device is an NVIDIA GPU of
     compute capability 8.0 or later; else 'ieee'."""
-    if (device.type != 'cuda' or torch.version.hip is not None or
-            not torch.backends.cuda.matmul.allow_tf32):
+    if device.type != 'cuda' or torch.version.hip is not None or not tf32_matmuls_allowed():
         return 'ieee'
     return 'tf32' if torch.cuda.get_device_capability(device)[0] >= 8 else 'ieee'
 
