@@ -4,12 +4,14 @@ A small backbone of each family (:data:`FAMILIES`, random weights) with each exp
 (dynamo and TorchScript), and models built from the released task configs, are exported
 once at one size and run in onnxruntime at other sizes; their outputs must equal PyTorch's
 within 1e-4 (relative to the largest output). The export-only code paths of the models are
-also checked in PyTorch against the eager ones.
+also checked in PyTorch against the eager ones. A classifier is also exported from a
+released-style ImageNet file (official layout) of its weights.
 """
 import os.path as osp
 import sys
 
 import onnx
+import onnxruntime
 import pytest
 import torch
 from mmengine.config import Config
@@ -18,6 +20,7 @@ from mmengine.registry import MODELS, init_default_scope
 from pola_mm.models import PolaPP, PolaPVT, PolaSwinTransformer
 from pola_mm.ops.pola_torch import polarity_linear_attention_torch
 from pola_mm.ops.polarity_attention import polarity_linear_attention_traceable
+from test_image_demo import save_released_classifier
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CONFIG = osp.join(REPO, 'configs', 'segmentation',
@@ -244,6 +247,41 @@ def test_detector_and_classifier_graphs(base, exporter, tmp_path, capsys):
     assert shape == (1, 3, 64, 128) and len(differences) == len(names)
     assert max(differences) < TOLERANCE
 
+
+def test_classifier_graph_from_released_file(tmp_path, capsys):
+    """A released-style ImageNet file of the small classifier and tools/convert_checkpoint.py's
+    output load as the MMEngine checkpoint of the same weights does (tools/test.py's
+    conversion); the graph exported from the released file computes that checkpoint's
+    logits. A file of another architecture is refused, naming both."""
+    base = 'classification/pola-pvt-tiny_in1k-pre_8xb32_custom.py'
+    config = str(tmp_path / 'classifier.py')
+    with open(config, 'w') as f:
+        f.write(f'_base_ = [{osp.join(REPO, "configs", base)!r}]\n' + SMALL_MODELS[base][1])
+    init_default_scope('mmpretrain')
+    files = save_released_classifier(MODELS.build(Config.fromfile(config).model), tmp_path)
+    reference, _ = export_tool.build_model(config, files['mmengine'])
+    for kind in ('released', 'converted'):
+        model, _ = export_tool.build_model(config, files[kind])
+        assert model.state_dict().keys() == reference.state_dict().keys()
+        for key, value in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), (kind, key)
+
+    out = str(tmp_path / 'released.onnx')
+    export_tool.main([config, files['released'], '--out', out, '--shape', '96', '96',
+                      '--check-shape', '64', '128', '--exporter', 'torchscript'])
+    assert '(mmpretrain)' in capsys.readouterr().out
+    image = torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = export_tool.ClassifierLogits(reference)(image).numpy()
+    session = onnxruntime.InferenceSession(out, providers=['CPUExecutionProvider'])
+    (logits, ) = session.run(None, {'image': image.numpy()})
+    assert logits.shape == expected.shape == (1, 3)
+    assert abs(logits - expected).max() / abs(expected).max() < TOLERANCE
+
+    with pytest.raises(RuntimeError, match=(
+            r'other_arch\.pth holds a PolaPVT layout \(embed dims 16, depths \[1, 1, 1, 2\], '
+            r'.*but the model is a PolaPVT layout .*\(the model of .*classifier\.py\)')):
+        export_tool.build_model(config, files['other_arch'])
 
 def test_fixed_grid_pooling_is_refused():
     """UPerHead's pooling pyramid has no ONNX form for dynamic sizes: refused, naming it."""

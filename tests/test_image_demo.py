@@ -2,7 +2,10 @@
 
 Each task runs from a config of this repository (detection: the ``make demo`` FCOS;
 segmentation and classification: the Pola-PVT-T configs with a small backbone) and a
-checkpoint of random weights with the class names a training run stores.
+checkpoint of random weights with the class names a training run stores. Classification
+also runs from a released-style ImageNet file of that small classifier (official layout,
+as the authors' training code writes it) and from tools/convert_checkpoint.py's output,
+with the predictions of the same weights in MMEngine's format.
 """
 import json
 import os.path as osp
@@ -15,7 +18,9 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 from PIL import Image
 
+from official_layout import official_checkpoint, recipe_state_dict
 from pola_mm.testing import SHAPE_CLASSES, make_shapes_coco
+from training_file import save_training_file
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CONFIG = osp.join(REPO, 'configs', 'demo', 'fcos_pola-pvt-mini_shapes-256.py')
@@ -43,7 +48,40 @@ CLS_CLASSES = ('cross', 'disc', 'square')
 
 
 sys.path.insert(0, osp.join(REPO, 'tools', 'demo'))
+sys.path.insert(0, osp.join(REPO, 'tools'))
+import convert_checkpoint  # noqa: E402
 import image_demo as demo_tool  # noqa: E402
+
+
+def save_released_classifier(model: torch.nn.Module, directory, seed: int = 0) -> dict:
+    """Random weights (tests/official_layout.py's recipe) of ``model``, an MMPretrain
+    classifier around a Pola-PVT backbone, saved in ``directory``; returns the paths:
+
+    * ``'released'``: in the official layout (the backbone's own names, which are
+      Pola-PVT's official ones, and the linear classifier as ``head.*``) as the authors'
+      training code writes it: under 'model', next to the optimizer state and a pickled
+      yacs config (tests/training_file.py);
+    * ``'converted'``: that file through tools/convert_checkpoint.py (``{'model': ...}``);
+    * ``'mmengine'``: the same weights as MMEngine's checkpoint of ``model``;
+    * ``'other_arch'``: a released-style file with one more block in stage 4.
+    """
+    def official_name(key: str) -> str:
+        assert key.startswith(('backbone.', 'head.fc.')), key
+        return key[len('backbone.'):] if key.startswith('backbone.') else \
+            'head.' + key[len('head.fc.'):]
+
+    shapes = {official_name(key): value.shape for key, value in model.state_dict().items()}
+    official = recipe_state_dict(shapes, seed)
+    paths = {kind: str(directory / f'{kind}.pth')
+             for kind in ('released', 'converted', 'mmengine', 'other_arch')}
+    save_training_file(paths['released'], official_checkpoint(official), 'pola_pvt_tiny')
+    convert_checkpoint.convert(paths['released'], paths['converted'])
+    torch.save(dict(state_dict={key: official[official_name(key)]
+                                for key in model.state_dict()}, meta=dict()), paths['mmengine'])
+    shapes.update({key.replace('block4.0.', 'block4.1.'): shape for key, shape in shapes.items()
+                   if key.startswith('block4.0.')})
+    torch.save(official_checkpoint(recipe_state_dict(shapes, seed)), paths['other_arch'])
+    return paths
 
 
 @pytest.fixture(scope='module')
@@ -157,3 +195,63 @@ def test_bad_input_is_named(images, tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(FileNotFoundError, match='no images .* in .*empty'):
         demo_tool.main([config, checkpoint, str(tmp_path / 'empty')])
+
+
+@pytest.fixture(scope='module')
+def released_classifier(tmp_path_factory):
+    """The small classification config and :func:`save_released_classifier`'s files."""
+    root = tmp_path_factory.mktemp('released')
+    config = str(root / 'classification.py')
+    with open(config, 'w') as f:
+        f.write(CLS_CONFIG.format(base=osp.join(
+            REPO, 'configs', 'classification', 'pola-pvt-tiny_in1k-pre_8xb32_custom.py')))
+    init_default_scope('mmpretrain')
+    model = MODELS.build(Config.fromfile(config).model)
+    return config, save_released_classifier(model, root)
+
+
+def test_classification_takes_released_files(images, released_classifier, tmp_path):
+    """A released file and tools/convert_checkpoint.py's output are converted as
+    tools/test.py's hook does: the inferencer's model gets the weights of the MMEngine
+    checkpoint and the same top-k classes."""
+    config, files = released_classifier
+    topk, weights = {}, {}
+    for kind in ('mmengine', 'released', 'converted'):
+        args = demo_tool.parse_args([config, files[kind], images, '--topk', '3'])
+        demo = demo_tool.build_demo(config, files[kind], args)
+        weights[kind] = demo.inferencer.model.state_dict()
+        results = demo.predict(demo_tool.list_images(images), str(tmp_path / kind), 2)
+        topk[kind] = [[(t['label'], t['score']) for t in result['topk']] for result in results]
+    for kind in ('released', 'converted'):
+        assert weights[kind].keys() == weights['mmengine'].keys()
+        for key, value in weights['mmengine'].items():
+            assert torch.equal(weights[kind][key], value), (kind, key)
+        assert topk[kind] == topk['mmengine']
+    assert len(topk['mmengine']) == 2 and len({s for t in topk['mmengine'] for _, s in t}) > 1
+
+
+def test_classification_refuses_bad_released_files(images, released_classifier, tmp_path):
+    config, files = released_classifier
+    image = osp.join(images, '00001.png')
+    out = ['--out-dir', str(tmp_path / 'out')]
+    with pytest.raises(RuntimeError, match=(
+            r'other_arch\.pth holds a PolaPVT layout \(embed dims 16, depths \[1, 1, 1, 2\], '
+            r'.*but the model is a PolaPVT layout \(embed dims 16, depths \[1, 1, 1, 1\], '
+            r'.*\(the model of .*classification\.py\)')):
+        demo_tool.main([config, files['other_arch'], image, *out])
+    official = torch.load(files['converted'], weights_only=True)['model']
+    backbone_only = str(tmp_path / 'backbone_only.pth')
+    torch.save(dict(model={key: value for key, value in official.items()
+                           if not key.startswith('head.')}), backbone_only)
+    with pytest.raises(RuntimeError, match=r'backbone_only\.pth has no classifier key '
+                       r'head\.weight: it is not a released ImageNet classifier'):
+        demo_tool.main([config, backbone_only, image, *out])
+    # an MMEngine checkpoint is no released file: it must fit (here a 5-class head)
+    five_classes = str(tmp_path / 'five_classes.pth')
+    state_dict = torch.load(files['mmengine'], weights_only=True)['state_dict']
+    state_dict.update({'head.fc.weight': torch.zeros(5, 64), 'head.fc.bias': torch.zeros(5)})
+    torch.save(dict(state_dict=state_dict), five_classes)
+    with pytest.raises(RuntimeError, match=r'five_classes\.pth does not fit the model: .*'
+                       r'head\.fc\.weight: checkpoint \(5, 64\) vs model \(3, 64\).*'
+                       r'classification\.py'):
+        demo_tool.main([config, five_classes, image, *out])

@@ -4,8 +4,9 @@ dropped.
 
 Files are read by :func:`.reader.read_checkpoint` (weights-only unpickling). The name
 conversion of official weights belongs to each backbone family
-(``backbone.convert_official_state_dict``, next to the model it serves); nothing here
-depends on the models.
+(``backbone.convert_official_state_dict``, next to the model it serves), that of a
+released ImageNet classifier to :func:`.classifier.official_classifier_state_dict`;
+nothing here depends on the models.
 """
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -16,6 +17,7 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from ..ops.token_grid import resize_token_grid, square_grid_side
+from .classifier import official_classifier_state_dict
 from .reader import read_checkpoint
 from .weights import describe_location, drop_classifier_and_buffers, select_model_weights
 
@@ -99,20 +101,67 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor],
     return report
 
 
-def load_model_checkpoint(model: nn.Module, path: str,
-                          map_location='cpu') -> Dict[str, List[str]]:
+def is_openmmlab_classifier(checkpoint: Mapping) -> bool:
+    """Whether ``checkpoint`` holds an OpenMMLab classifier's weights (``backbone.*`` keys,
+    possibly under ``module.``), under 'state_dict' (MMEngine's format, e.g. from training
+    or fine-tuning) or at the top level; a released file's official keys never begin so."""
+    weights = checkpoint.get('state_dict', checkpoint)
+    return isinstance(weights, Mapping) and any(
+        isinstance(key, str) and key.startswith(('backbone.', 'module.backbone.'))
+        for key in weights)
+
+
+def released_classifier_weights(checkpoint: Mapping, model: nn.Module,
+                                name: str = 'the checkpoint',
+                                weights: Optional[str] = None) -> Dict[str, Tensor]:
+    """A released PolaFormer / PolaFormer++ ImageNet file's weights in the layout of
+    ``model``, an MMPretrain classifier around a Pola backbone (``backbone.*``,
+    PolaFormer++'s ``neck.*``, ``head.fc.*``).
+
+    The official weights are taken from ``checkpoint`` by
+    :func:`.weights.select_model_weights` (``weights`` if given, e.g.
+    ``'state_dict_ema'``, else 'model', else 'state_dict', else the whole dict: a
+    released training file, ``tools/convert_checkpoint.py``'s ``{'model': ...}`` or a
+    bare official state dict) and converted by
+    :func:`.classifier.official_classifier_state_dict`.
+
+    Raises:
+        TypeError: ``model`` has no Pola backbone.
+        RuntimeError: naming ``name`` when the file is of another architecture than
+            ``model``, has no classifier head, or its weights are not where expected.
+    """
+    backbone = getattr(model, 'backbone', None)
+    if not hasattr(backbone, 'convert_official_state_dict'):
+        raise TypeError(f'expected a classifier around a Pola backbone, got '
+                        f'{type(model).__name__} with {type(backbone).__name__}')
+    official = select_model_weights(checkpoint, name, weights=weights)
+    return official_classifier_state_dict(official, backbone, checkpoint_name=name)
+
+
+def load_model_checkpoint(model: nn.Module, path: str, map_location='cpu',
+                          classifier: bool = False) -> Dict[str, List[str]]:
     """Load a checkpoint of a whole model (MMEngine's, as ``tools/train.py`` writes it:
     weights under 'state_dict', a ``module.`` prefix from distributed training removed)
     into ``model``, strictly (positional tables of another grid are resized, see
     :func:`load_into`). For tools that use a trained model outside a runner.
 
+    With ``classifier`` (``model`` is an MMPretrain classifier around a Pola backbone),
+    a file that is no OpenMMLab classifier checkpoint (:func:`is_openmmlab_classifier`)
+    is taken as a released ImageNet classifier and converted
+    (:func:`released_classifier_weights`), as the classification configs' ``load_from``
+    is (:class:`pola_mm.OfficialClassifierCheckpointHook`): a released training file and
+    ``tools/convert_checkpoint.py``'s output load as they are.
+
     Raises:
         FileNotFoundError / RuntimeError: naming ``path`` when it is missing, refused,
-            unreadable, or does not fit ``model``.
+            unreadable, of another architecture, or does not fit ``model``.
     """
     checkpoint = read_checkpoint(path, map_location)
-    weights = checkpoint.get('state_dict', checkpoint)
-    weights = {re.sub(r'^module\.', '', key): value for key, value in weights.items()}
+    if classifier and not is_openmmlab_classifier(checkpoint):
+        weights = released_classifier_weights(checkpoint, model, path)
+    else:
+        weights = checkpoint.get('state_dict', checkpoint)
+        weights = {re.sub(r'^module\.', '', key): value for key, value in weights.items()}
     try:
         return load_into(model, weights)
     except RuntimeError as error:

@@ -1,19 +1,12 @@
 """``pola_mm.OfficialClassifierCheckpointHook``: ``load_from`` takes a released PolaFormer
 or PolaFormer++ ImageNet file as it is."""
-from typing import Mapping, Optional
+from typing import Optional
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ..checkpoint import fit_state_dict, official_classifier_state_dict, select_model_weights
+from ..checkpoint import fit_state_dict, is_openmmlab_classifier, released_classifier_weights
 from ..registry import HOOKS
-
-
-def _is_openmmlab_classifier(checkpoint: Mapping) -> bool:
-    """Whether ``checkpoint`` is MMEngine's format for a classifier (``backbone.*`` keys)."""
-    weights = checkpoint.get('state_dict')
-    return isinstance(weights, Mapping) and any(
-        key.startswith(('backbone.', 'module.backbone.')) for key in weights)
 
 
 @HOOKS.register_module()
@@ -26,7 +19,7 @@ class OfficialClassifierCheckpointHook(Hook):
     ``{'state_dict': ...}`` in the classifier's layout (``backbone.*``, PolaFormer++'s
     ``neck.*``, ``head.fc.*``), after checking that it is of the model's architecture and
     that every weight of the classifier is there with its shape; the runner then loads
-    it. An OpenMMLab classifier checkpoint (``'state_dict'`` with ``backbone.*`` keys,
+    it. An OpenMMLab classifier checkpoint (``backbone.*`` keys, under ``'state_dict'`` or not,
     e.g. from fine-tuning or resuming) passes through.
 
     Args:
@@ -41,13 +34,11 @@ class OfficialClassifierCheckpointHook(Hook):
         self.weights = weights
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if _is_openmmlab_classifier(checkpoint):
+        if is_openmmlab_classifier(checkpoint):
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         name = str(runner.cfg.get('load_from'))
-        official = select_model_weights(checkpoint, name, weights=self.weights)
-        converted = official_classifier_state_dict(official, model.backbone,
-                                                   checkpoint_name=name)
+        converted = released_classifier_weights(checkpoint, model, name, self.weights)
         try:
             converted, _ = fit_state_dict(model, converted)
         except RuntimeError as error:

@@ -12,7 +12,11 @@ image ``<name>`` of INPUT (a file, or the images of a folder) it writes
 
 The checkpoint is read with weights-only unpickling (MMEngine's own objects allowed) and
 must hold every weight of the config's model, with its shape, and no other (the
-inferencers themselves only warn).
+inferencers themselves only warn). For a classification config it may also be a
+released PolaFormer / PolaFormer++ ImageNet file as it is, or ``tools/convert_checkpoint.py``'s
+output: converted as the config's ``load_from`` is in ``tools/test.py``
+(:func:`pola_mm.checkpoint.loading.load_model_checkpoint`), and refused, naming both
+architectures, when it is of another one.
 
 Example (the ``make demo`` detector)::
 
@@ -22,7 +26,7 @@ Example (the ``make demo`` detector)::
 """
 import argparse
 import os.path as osp
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import mmcv
 import mmengine
@@ -33,13 +37,15 @@ from mmengine.utils import mkdir_or_exist, scandir
 from PIL import Image
 
 import pola_mm  # noqa: F401  (registers the Pola backbones)
-from pola_mm.checkpoint import checkpoint_globals, load_model_checkpoint, local_checkpoint
+from pola_mm.checkpoint import (checkpoint_globals, is_openmmlab_classifier, load_model_checkpoint,
+                                local_checkpoint, read_checkpoint)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='detection, segmentation or classification config')
-    parser.add_argument('checkpoint', help='checkpoint of that model (MMEngine format)')
+    parser.add_argument('checkpoint', help='checkpoint of that model (MMEngine format; for a '
+                        'classification config also a released ImageNet file)')
     parser.add_argument('input', help='an image file or a folder of images')
     parser.add_argument('--out-dir', default='work_dirs/image_demo',
                         help='folder for vis/ and preds/')
@@ -153,10 +159,10 @@ class ClassificationDemo:
 
     task = 'classification'
 
-    def __init__(self, cfg: Config, checkpoint: str, args):
+    def __init__(self, cfg: Config, checkpoint: Optional[str], args):
         from mmpretrain.apis import ImageClassificationInferencer
-        self.inferencer = ImageClassificationInferencer(
-            model=cfg, pretrained=checkpoint, device=args.device)
+        self.inferencer = ImageClassificationInferencer(  # False: not the config's load_from
+            model=cfg, pretrained=checkpoint or False, device=args.device)
         self.topk = args.topk
 
     def predict(self, images: List[str], out_dir: str, batch_size: int) -> List[Dict]:
@@ -189,7 +195,8 @@ def build_demo(config: str, checkpoint: str, args):
         FileNotFoundError: naming a config or checkpoint that does not exist.
         ValueError: for a config of another scope.
         RuntimeError: naming the checkpoint when it is refused, unreadable, or does not
-            fit the config's model.
+            fit the config's model (a classifier's may be a released file, see
+            :func:`pola_mm.checkpoint.loading.load_model_checkpoint`).
     """
     for kind, path in (('config', config), ('checkpoint', checkpoint)):
         if '://' not in path and not osp.isfile(path):
@@ -201,10 +208,14 @@ def build_demo(config: str, checkpoint: str, args):
     if scope not in DEMOS:
         raise ValueError(f'{config}: default_scope {scope!r} is none of {sorted(DEMOS)}')
     source = local_checkpoint(checkpoint)
+    classifier = scope == 'mmpretrain'
+    # A released classifier file is only read below: the inferencer would load none of
+    # its keys (and warn about all of them), nor find class names in it.
+    released = classifier and not is_openmmlab_classifier(read_checkpoint(source))
     with checkpoint_globals():  # the inferencer reads the file itself
-        demo = DEMOS[scope](cfg, source, args)
+        demo = DEMOS[scope](cfg, None if released else source, args)
     try:  # inferencers load non-strictly, only warning about keys that do not fit
-        load_model_checkpoint(demo.inferencer.model, source)
+        load_model_checkpoint(demo.inferencer.model, source, classifier=classifier)
     except RuntimeError as error:
         raise RuntimeError(f'{error} (the model of {config})') from None
     return demo

@@ -60,7 +60,8 @@ DEPLOY_PACKAGES = ('onnx', 'onnxscript', 'onnxruntime')
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='detection, segmentation or classification config')
-    parser.add_argument('checkpoint', help='checkpoint of that model (MMEngine format)')
+    parser.add_argument('checkpoint', help='checkpoint of that model (MMEngine format; for a '
+                        'classification config also a released ImageNet file)')
     parser.add_argument('--out', help='ONNX file to write (default: next to the checkpoint, '
                         '<checkpoint name>[_backbone].onnx)')
     parser.add_argument('--part', choices=('model', 'backbone'), default='model',
@@ -100,13 +101,17 @@ def build_model(config: str, checkpoint: str, cfg_options=None) -> Tuple[nn.Modu
 
     The checkpoint is read with weights-only unpickling (MMEngine's own objects allowed)
     and must hold every weight of the model, with its shape (positional tables of another
-    grid are resized, see :func:`pola_mm.checkpoint.load_into`), and no other.
+    grid are resized, see :func:`pola_mm.checkpoint.load_into`), and no other. For a
+    classification config it may also be a released PolaFormer / PolaFormer++ ImageNet
+    file as it is, or ``tools/convert_checkpoint.py``'s output, converted as the config's
+    ``load_from`` is in ``tools/test.py`` (see
+    :func:`pola_mm.checkpoint.loading.load_model_checkpoint`).
 
     Raises:
         FileNotFoundError: naming a config or checkpoint that does not exist.
         ValueError: for a config of another scope than mmdet, mmseg or mmpretrain.
-        RuntimeError: naming the checkpoint when it is refused, unreadable, or does not
-            fit the model.
+        RuntimeError: naming the checkpoint when it is refused, unreadable, of another
+            architecture, or does not fit the model.
     """
     for kind, path in (('config', config), ('checkpoint', checkpoint)):
         if '://' not in path and not osp.isfile(path):
@@ -120,7 +125,7 @@ def build_model(config: str, checkpoint: str, cfg_options=None) -> Tuple[nn.Modu
     init_default_scope(scope)
     model = MODELS.build(cfg.model)
     try:
-        load_model_checkpoint(model, checkpoint)
+        load_model_checkpoint(model, checkpoint, classifier=scope == 'mmpretrain')
     except RuntimeError as error:
         raise RuntimeError(f'{error} (the model of {config})') from None
     return revert_sync_batchnorm(model).eval(), cfg
