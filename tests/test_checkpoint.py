@@ -1,17 +1,25 @@
 """Reading released checkpoints: safe unpickling, key mapping, reports and clear errors."""
 import ast
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from mmengine.logging import MMLogger
+from mmengine.logging import MessageHub, MMLogger
+from mmengine.model.weight_init import PretrainedInit
+from mmengine.runner.checkpoint import (_load_checkpoint, get_external_models, get_mmcls_models,
+                                        get_torchvision_models)
+from torch import nn
 
 from official_layout import official_checkpoint, official_layout_state_dict, official_shapes
-from pola_mm.checkpoint import load_pretrained_backbone, read_checkpoint, select_model_weights
+from pola_mm.checkpoint import (checkpoint_globals, load_pretrained_backbone, read_checkpoint,
+                                reader, select_model_weights)
 from pola_mm.models import PolaPVT, PolaSwinTransformer, released_backbone
 from pola_mm.variants import RELEASED, V1_FAMILIES
 from training_file import save_training_file
@@ -246,3 +254,231 @@ def test_init_cfg_map_location_reaches_the_reader(tmp_path, monkeypatch):
                                   map_location=to_cpu)).init_weights()
     PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
     assert locations == [to_cpu, 'cpu']
+
+
+class RunsCode:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+def mmengine_checkpoint():
+    """What MMEngine's checkpoints hold besides tensors: a message hub (HistoryBuffers of
+    numpy arrays, pickling ``getattr``), numpy arrays, scalars and dtypes."""
+    hub = MessageHub.get_instance('pola_mm_test_checkpoint_numpy')
+    hub.update_scalar('train/loss', 1.5)
+    hub.update_scalar('train/loss', 0.5)
+    return dict(meta=dict(epoch=2, seed=np.int64(7), lr=np.float32(0.25)),
+                message_hub=hub.state_dict(), state_dict={'w': torch.arange(4.)},
+                table=np.arange(6, dtype=np.int16).reshape(2, 3), kind=np.dtype('float16'))
+
+
+def assert_mmengine_checkpoint(checkpoint):
+    assert checkpoint['meta'] == {'epoch': 2, 'seed': 7, 'lr': 0.25}
+    assert type(checkpoint['meta']['seed']) is np.int64
+    loss = checkpoint['message_hub']['log_scalars']['train/loss']
+    assert (loss.current(), loss.mean(), loss.min()) == (0.5, 1.0, 0.5)
+    torch.testing.assert_close(checkpoint['state_dict']['w'], torch.arange(4.))
+    np.testing.assert_array_equal(checkpoint['table'], np.arange(6).reshape(2, 3))
+    assert checkpoint['table'].dtype == np.int16 and checkpoint['kind'] == np.float16
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """torch.hub's cache (``TORCH_HOME``) and MMEngine's home in ``tmp_path``; any download
+    fails the test."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    monkeypatch.setenv('MMENGINE_HOME', str(tmp_path / 'mmengine_home'))
+
+    def no_download(url, dst, *args, **kwargs):
+        raise AssertionError(f'downloaded {url}')
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', no_download)
+    cache = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+    cache.mkdir(parents=True)
+    assert str(cache) == os.path.join(torch.hub.get_dir(), 'checkpoints')
+    return cache
+
+
+def test_urls_read_by_mmengine_are_read_weights_only(hub_cache, tmp_path):
+    """MMEngine reads URLs with torch.hub.load_state_dict_from_url, which unpickles anything
+    (weights_only=False). With pola_mm imported, a file that would run code, found in
+    torch.hub's cache, is refused by MMEngine's own entry points and nothing runs, while
+    plain weights and MMEngine's checkpoints load."""
+    marker = tmp_path / 'marker'
+    torch.save({'w': torch.zeros(1), 'note': RunsCode(marker)}, hub_cache / 'evil.pth')
+    refused = (r'refusing to load https://example.com/models/evil.pth: it is not a plain '
+               r'weights file \(Trying to load unsupported GLOBAL posix.system')
+    with pytest.raises(RuntimeError, match=refused):
+        _load_checkpoint('https://example.com/models/evil.pth')
+    with pytest.raises(RuntimeError, match=refused):
+        PretrainedInit(checkpoint='https://example.com/models/evil.pth')(nn.Linear(2, 3))
+    with pytest.raises(RuntimeError, match=refused):
+        read_checkpoint('https://example.com/models/evil.pth')
+    assert not marker.exists()
+
+    linear = nn.Linear(2, 3)
+    torch.save(linear.state_dict(), hub_cache / 'linear.pth')
+    initialised = nn.Linear(2, 3)
+    PretrainedInit(checkpoint='http://example.com/linear.pth')(initialised)
+    torch.testing.assert_close(initialised.weight, linear.weight, rtol=0, atol=0)
+    torch.save(mmengine_checkpoint(), hub_cache / 'run.pth')
+    assert_mmengine_checkpoint(_load_checkpoint('https://example.com/run.pth'))
+    checkpoint = _load_checkpoint('https://example.com/linear.pth', map_location='meta')
+    assert checkpoint['weight'].device.type == 'meta'
+
+
+def test_url_download_and_model_dir(hub_cache, tmp_path, monkeypatch):
+    """A URL not in the cache is downloaded there, where torch.hub keeps it, then read;
+    MMEngine's ``model_dir`` argument is another cache. A failed download names the URL."""
+    torch.save({'w': torch.ones(2)}, tmp_path / 'served.pth')
+    downloads = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        downloads.append((url, dst))
+        if 'missing' in url:
+            raise OSError('HTTP Error 404: Not Found')
+        with open(dst, 'wb') as file:
+            file.write((tmp_path / 'served.pth').read_bytes())
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    url = 'https://example.com/a/served.pth?download=1'
+    for _ in range(2):  # the second read finds the cached file
+        torch.testing.assert_close(_load_checkpoint(url)['w'], torch.ones(2))
+    assert downloads == [(url, str(hub_cache / 'served.pth'))]
+    model_dir = tmp_path / 'models'
+    assert reader.load_from_http(url, model_dir=str(model_dir))['w'].sum() == 2
+    assert downloads[1:] == [(url, str(model_dir / 'served.pth'))]
+    with pytest.raises(RuntimeError, match='cannot download checkpoint https://example.com/'
+                                           'missing.pth: HTTP Error 404: Not Found'):
+        _load_checkpoint('https://example.com/missing.pth')
+
+
+@pytest.mark.parametrize('filename,table', [
+    ('torchvision://resnet50', get_torchvision_models),
+    ('modelzoo://resnet50', get_torchvision_models),
+    ('open-mmlab://resnet50_v1c', get_external_models),
+    ('openmmlab://resnet50_v1c', get_external_models),
+    ('mmcls://resnet50', get_mmcls_models),
+], ids=['torchvision', 'modelzoo', 'open-mmlab', 'openmmlab', 'mmcls'])
+def test_model_zoo_schemes_are_read_weights_only(filename, table, hub_cache, tmp_path):
+    """MMEngine's model zoos resolve to URLs that it reads like any URL (unrestricted
+    unpickling); pola_mm reads them from torch.hub's cache weights-only."""
+    url = table()[filename.split('://')[1]]
+    cached = hub_cache / os.path.basename(url)
+    marker = tmp_path / 'marker'
+    torch.save({'state_dict': {'backbone.w': torch.ones(1)}, 'note': RunsCode(marker)},
+               cached)
+    with pytest.raises(RuntimeError, match=f'refusing to load {url}: it is not a plain '):
+        _load_checkpoint(filename)
+    with pytest.raises(RuntimeError, match=f'refusing to load {url}: it is not a plain '):
+        read_checkpoint(filename)
+    assert not marker.exists()
+    torch.save({'state_dict': {'backbone.w': torch.ones(1)}}, cached)
+    expected = ['w'] if filename.startswith('mmcls') else ['backbone.w']  # as MMEngine's
+    assert list(_load_checkpoint(filename)['state_dict']) == expected
+
+
+def test_model_zoo_files_and_unknown_names(hub_cache, tmp_path):
+    """open-mmlab:// names that ``$MMENGINE_HOME/open_mmlab.json`` maps to a file are read
+    from MMEngine's home, weights-only; an unknown name is named."""
+    home = tmp_path / 'mmengine_home'
+    home.mkdir()
+    (home / 'open_mmlab.json').write_text(json.dumps({'mine': 'mine.pth', 'evil': 'evil.pth'}))
+    torch.save(mmengine_checkpoint(), home / 'mine.pth')
+    torch.save({'note': RunsCode(tmp_path / 'marker')}, home / 'evil.pth')
+    assert_mmengine_checkpoint(_load_checkpoint('open-mmlab://mine'))
+    with pytest.raises(RuntimeError, match=r'refusing to load open-mmlab://evil: it is not a '
+                                           r'plain weights file \(Trying to load unsupported'):
+        _load_checkpoint('open-mmlab://evil')
+    assert not (tmp_path / 'marker').exists()
+    with pytest.raises(RuntimeError, match="cannot read checkpoint torchvision://resnet5: "
+                                           "MMEngine knows no torchvision:// checkpoint named "
+                                           "'resnet5'"):
+        read_checkpoint('torchvision://resnet5')
+
+
+def test_file_backend_uris_are_read_weights_only(tmp_path, monkeypatch):
+    """``s3://`` and ``petrel://`` URIs: the bytes of MMEngine's file backend, unpickled
+    weights-only with the allow-list (so MMEngine's checkpoints load)."""
+    marker = tmp_path / 'marker'
+    torch.save(mmengine_checkpoint(), tmp_path / 'run.pth')
+    torch.save({'note': RunsCode(marker)}, tmp_path / 'evil.pth')
+    requests = []
+
+    class Backend:
+        def get(self, uri):
+            return (tmp_path / os.path.basename(uri)).read_bytes()
+
+    def get_file_backend(uri, backend_args):
+        requests.append((uri, backend_args))
+        return Backend()
+
+    monkeypatch.setattr(reader, 'get_file_backend', get_file_backend)
+    assert_mmengine_checkpoint(_load_checkpoint('s3://bucket/run.pth'))
+    assert_mmengine_checkpoint(read_checkpoint('cluster:petrel://bucket/run.pth'))
+    with pytest.raises(RuntimeError, match=r'refusing to load s3://bucket/evil.pth: it is not '
+                                           r'a plain weights file'):
+        read_checkpoint('s3://bucket/evil.pth')
+    assert not marker.exists()
+    assert requests[1] == ('cluster:petrel://bucket/run.pth', {'backend': 'petrel'})
+
+
+def _with_numpy_1_names(src, dst):
+    """``src`` as saved where numpy 1.x is installed: its pickle names numpy's array and
+    scalar constructors ``numpy.core.multiarray.*``, not ``numpy._core.multiarray.*``."""
+    with zipfile.ZipFile(src) as archive:
+        entries = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(dst, 'w') as archive:
+        for name, data in entries:
+            if name.endswith('/data.pkl'):
+                assert b'numpy._core.multiarray\n_reconstruct' in data
+                assert b'numpy._core.multiarray\nscalar' in data
+                data = data.replace(b'numpy._core.multiarray\n', b'numpy.core.multiarray\n')
+                assert b'_core' not in data
+            archive.writestr(name, data)
+
+
+def test_checkpoints_pickled_under_numpy_1_load(tmp_path):
+    """MMEngine's checkpoints written under numpy 1 name ``numpy.core.multiarray``; they
+    load (tests, resume) with the same values under numpy 2, and vice versa."""
+    torch.save(mmengine_checkpoint(), tmp_path / 'numpy2.pth')
+    _with_numpy_1_names(tmp_path / 'numpy2.pth', tmp_path / 'numpy1.pth')
+    for name in ('numpy1.pth', 'numpy2.pth'):
+        assert_mmengine_checkpoint(read_checkpoint(str(tmp_path / name)))
+        assert_mmengine_checkpoint(_load_checkpoint(str(tmp_path / name)))
+
+
+def test_allow_list_blocks_nest(tmp_path):
+    """A loader entering checkpoint_globals inside an enclosing block leaves that block's
+    allow-list (and any added by torch.serialization.add_safe_globals) in place."""
+    path = tmp_path / 'run.pth'
+    torch.save(mmengine_checkpoint(), path)
+    before = torch.serialization.get_safe_globals()
+    with checkpoint_globals():
+        assert_mmengine_checkpoint(read_checkpoint(str(path)))  # enters and leaves its own
+        assert_mmengine_checkpoint(torch.load(path, weights_only=True))
+    assert torch.serialization.get_safe_globals() == before
+
+
+def test_files_that_are_no_pytorch_checkpoint_are_named(tmp_path):
+    """A text file or another pickle is named as no PyTorch checkpoint, not as a file to
+    re-save; the legacy (non-zip) format still loads."""
+    text = tmp_path / 'notes.pth'
+    text.write_text('git lfs pointer\n')
+    data = tmp_path / 'data.pth'
+    data.write_bytes(np.arange(3).dumps())  # a pickle, not torch.save's
+    for path, begins in ((text, r"b'git lfs pointer\\n'"), (data, r"b'\\x80\\x02c")):
+        message = (f'cannot read checkpoint {path}: it is not a PyTorch checkpoint at all '
+                   rf'\(it begins {begins}')
+        with pytest.raises(RuntimeError, match=message):
+            read_checkpoint(str(path))
+        with pytest.raises(RuntimeError, match=message):  # MMEngine's stock entry point
+            _load_checkpoint(str(path))
+    legacy = tmp_path / 'legacy.pth'
+    torch.save(mmengine_checkpoint(), legacy, _use_new_zipfile_serialization=False)
+    assert_mmengine_checkpoint(read_checkpoint(str(legacy)))

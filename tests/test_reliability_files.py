@@ -156,9 +156,11 @@ def test_checkpoint_urls_are_read_weights_only(hostile, trained, runner, hub_dir
     for key, value in runner.model.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
     assert loaded['meta']['epoch'] == 1
-    with pytest.raises(ValueError, match="refusing to load torchvision://resnet50: MMEngine "
-                                         "reads torchvision:// checkpoints with unrestricted"):
+    shutil.copy(path, hub_dir / 'resnet50-0676ba61.pth')  # torchvision://resnet50's file
+    with pytest.raises(RuntimeError, match=r'refusing to load https://download.pytorch.org/'
+                                           r'models/resnet50-0676ba61.pth: it is not a plain'):
         runner.load_checkpoint('torchvision://resnet50')
+    assert not marker.exists()
 
 
 def test_checkpoints_written_by_mmengine_load_as_backbone_init(tmp_path):
@@ -202,7 +204,8 @@ def test_broken_checkpoint_is_named(damage, trained, runner, tmp_path):
         message = r'cannot read checkpoint .*empty.pth: it is truncated or not a PyTorch'
     elif damage == 'not_a_checkpoint':
         path.write_text('{"images": []}')
-        message = r'.*not_a_checkpoint.pth: it is not a plain weights file'
+        message = (r'cannot read checkpoint .*not_a_checkpoint.pth: it is not a PyTorch '
+                   r'checkpoint at all')
     else:
         entry = _flip_bytes_in_largest_tensor(trained, path)
         message = (rf'cannot read checkpoint .*flipped_bytes.pth: it is corrupted \(Bad '

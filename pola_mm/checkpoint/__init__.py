@@ -11,16 +11,16 @@ from .classifier import (describe_official_arch, official_classifier_state_dict,
                          official_neck_weights)
 from .loading import (fit_state_dict, is_openmmlab_classifier, key_listing, load_into,
                       load_model_checkpoint, load_pretrained_backbone, released_classifier_weights)
-from .reader import (check_checkpoint_integrity, checkpoint_globals, checkpoint_read_errors,
-                     local_checkpoint, read_checkpoint)
+from .reader import (CheckpointReadError, check_checkpoint_integrity, checkpoint_globals,
+                     checkpoint_read_errors, local_checkpoint, read_checkpoint)
 from .weights import (describe_location, drop_classifier_and_buffers, select_model_weights,
                       weights_location)
 
 __all__ = [
-    'check_checkpoint_integrity', 'checkpoint_globals', 'checkpoint_read_errors',
-    'describe_location', 'describe_official_arch', 'drop_classifier_and_buffers',
-    'fit_state_dict', 'is_openmmlab_classifier', 'key_listing', 'load_into',
-    'load_model_checkpoint', 'load_pretrained_backbone', 'local_checkpoint',
+    'CheckpointReadError', 'check_checkpoint_integrity', 'checkpoint_globals',
+    'checkpoint_read_errors', 'describe_location', 'describe_official_arch',
+    'drop_classifier_and_buffers', 'fit_state_dict', 'is_openmmlab_classifier', 'key_listing',
+    'load_into', 'load_model_checkpoint', 'load_pretrained_backbone', 'local_checkpoint',
     'official_classifier_state_dict', 'official_neck_weights', 'read_checkpoint',
     'released_classifier_weights', 'select_model_weights', 'weights_location'
 ]

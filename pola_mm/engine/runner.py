@@ -147,9 +147,7 @@ class PolaRunner(Runner):
                 than plain data), truncated or corrupted (CRC-32 checked, see
                 :func:`pola_mm.checkpoint.check_checkpoint_integrity`), or does not fit
                 the model.
-            ValueError: when resuming from a file that is no MMEngine training checkpoint,
-                or for a URL scheme read with unrestricted unpickling (see
-                :func:`pola_mm.checkpoint.local_checkpoint`).
+            ValueError: when resuming from a file that is no MMEngine training checkpoint.
         """
         if strict is None:
             strict = not self._fine_tuning()
