@@ -2,8 +2,10 @@
 
 Each real config is inherited by a small test config that only shrinks the backbone
 (same type), the heads and the image scale, so the pipelines, optimiser, evaluator and
-TTA settings under test are the released ones.
+TTA settings under test are the released ones. ``tools/test.py --out DIR`` writes the
+predicted label maps as in MMSegmentation.
 """
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -82,6 +84,18 @@ SMALL_SCALES = [
     'val_dataloader.dataset.pipeline.1.scale=(128,64)',
 ]
 MIOU = re.compile(r'mIoU: (\d+\.\d+)')
+SUMMARY = re.compile(r'aAcc: (\d+\.\d+)\s+mIoU: (\d+\.\d+)\s+mAcc: (\d+\.\d+)')
+
+
+def _load_test_tool():
+    spec = importlib.util.spec_from_file_location(
+        'pola_tools_test', osp.join(REPO, 'tools', 'test.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_tool = _load_test_tool()
 
 
 @pytest.fixture(scope='module')
@@ -313,3 +327,76 @@ def test_short_training_segments_simple_regions_well_above_chance(tmp_path):
                         '--work-dir', work_dir, '--cfg-options', *SMALL_SCALES)
     miou = float(MIOU.findall(test_log)[-1])
     assert miou >= OVERFIT_MIOU_BAR > 3 * chance, (miou, chance, test_log[-2000:])
+
+
+def iou_metrics(pred_dir: str, label_dir: str, num_classes: int = 150) -> tuple:
+    """aAcc, mIoU and mAcc (in %) of mmseg's IoUMetric, from the label map PNGs in
+    ``pred_dir`` against the ADE annotations in ``label_dir`` (both with raw labels:
+    0 is the ignored background, class ``c`` is ``c + 1``)."""
+    intersect, union, area_label = (np.zeros(num_classes) for _ in range(3))
+    for name in sorted(os.listdir(label_dir)):
+        label = np.array(Image.open(osp.join(label_dir, name))).astype(int) - 1
+        pred = np.array(Image.open(osp.join(pred_dir, name))).astype(int) - 1
+        valid = label >= 0
+        label, pred = label[valid], pred[valid]
+        hit = np.bincount(label[pred == label], minlength=num_classes)
+        area_pred = np.bincount(pred, minlength=num_classes)
+        area = np.bincount(label, minlength=num_classes)
+        intersect += hit
+        union += area_pred + area - hit
+        area_label += area
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return (100 * intersect.sum() / area_label.sum(),
+                100 * np.nanmean(intersect / union), 100 * np.nanmean(intersect / area_label))
+
+
+def test_out_dir_gets_the_evaluated_label_maps(ade_root, tmp_path):
+    """``--out DIR`` (MMSegmentation's meaning): one label map PNG per image, at the
+    image's size, with ADE's raw labels (reduce_zero_label undone); the metrics are still
+    computed, and are the ones the PNG files score against the annotations."""
+    from mmseg.apis import init_model
+    name = 'fpn_pola-pvt-tiny_8xb2-40k_ade20k-512x512.py'
+    config = small_config(tmp_path, name, ade_root)
+    torch.manual_seed(0)
+    model = init_model(Config.fromfile(config), device='cpu')
+    # random weights, the classes absent from the data (5-149) ruled out: label maps of
+    # several classes that score above zero
+    model.decode_head.conv_seg.bias.data[5:] = -100.
+    checkpoint = str(tmp_path / 'random.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    out = str(tmp_path / 'label_maps')
+    log = run_tool('test.py', config, checkpoint, '--work-dir', str(tmp_path / 'work'),
+                   '--out', out, '--cfg-options', *SMALL_SCALES)
+
+    image_dir = osp.join(ade_root, 'images', 'validation')
+    label_dir = osp.join(ade_root, 'annotations', 'validation')
+    assert sorted(os.listdir(out)) == sorted(os.listdir(label_dir)) == [
+        'ADE_valid_00000.png', 'ADE_valid_00001.png']
+    values = set()
+    for png in os.listdir(out):
+        label_map = Image.open(osp.join(out, png))
+        image = Image.open(osp.join(image_dir, png.replace('.png', '.jpg')))
+        assert (label_map.mode, label_map.size) == ('L', image.size)
+        values |= set(np.unique(np.array(label_map)).tolist())
+    assert len(values) > 1 and values <= {1, 2, 3, 4, 5}, values
+    printed = [float(v) for v in SUMMARY.findall(log)[-1]]
+    expected = iou_metrics(out, label_dir)
+    np.testing.assert_allclose(printed, expected, atol=0.006)
+    assert printed[1] > 0
+    assert not [f for _, _, files in os.walk(tmp_path) for f in files if f.endswith('.pkl')]
+
+
+@pytest.mark.parametrize('out', ['results.pkl', 'results.pickle', 'existing_file'])
+def test_out_for_segmentation_refuses_a_file(out, ade_root, tmp_path):
+    config = small_config(tmp_path, 'fpn_pola-pvt-tiny_8xb2-40k_ade20k-512x512.py', ade_root)
+    out = str(tmp_path / out)
+    if out.endswith('existing_file'):
+        open(out, 'w').close()
+    args = test_tool.parse_args([config, 'unused.pth', '--work-dir', str(tmp_path),
+                                 '--out', out])
+    stem = osp.splitext(out)[0]
+    with pytest.raises(ValueError, match=re.escape(
+            f"--out {out!r}: for a segmentation config --out is a directory, where the "
+            "predicted label maps are written as PNG files (as in MMSegmentation's "
+            f"tools/test.py), not a file; pass a directory, e.g. --out '{stem}_label_maps'")):
+        test_tool.build_config(args)

@@ -3,8 +3,9 @@
 Every config runs with a tiny Pola backbone of its own family and 64-px images: 2 training
 iterations, then test.py with COCO metrics and ``--out``. Without a GPU, the PolaFormer++
 configs' AmpOptimWrapper (which needs one) becomes the same optimiser in an OptimWrapper.
-Also: two-process CPU training (gloo), resume, pre-flight path checks, and Pola backbones
-in detectors without a config here (FCOS, ATSS) through the one ``custom_imports`` line.
+Also: two-process CPU training (gloo), resume, pre-flight path checks, Pola backbones
+in detectors without a config here (FCOS, ATSS) through the one ``custom_imports`` line,
+and ``--tta`` with mmdet's default flip TTA on a config without TTA settings.
 """
 import copy
 import glob
@@ -19,6 +20,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from torchvision.ops import box_iou
 
 from pola_mm.checkpoint import checkpoint_globals
 from pola_mm.testing import make_shapes_coco, shapes_coco_dataloaders
@@ -42,6 +44,7 @@ TINY_CHANNELS = {'pola_mm.PolaPVT': [16, 32, 48, 64],
 # the config's out_indices, norm_eval and output norms are the ones under test.
 TINY_POLAPP_ARCH = dict(_delete_=True, embed_dims=[16, 32, 32, 64], depths=[1, 1, 1, 1],
                         num_heads=[1, 1, 1, 2], layer_scale_init=[1., 1., 1., 1.])
+MASK_RCNN_PVT_T = osp.join(REPO, 'configs', 'detection', 'mask-rcnn_pola-pvt-t_fpn_1x_coco.py')
 
 
 def _load_tool(name):
@@ -168,6 +171,92 @@ def test_show_dir_draws_predictions(shapes_root, tmp_path):
     run_test([config, str(tmp_path / 'epoch_1.pth'), '--work-dir', str(tmp_path),
               '--show-dir', 'painted'], options)
     assert len(glob.glob(str(tmp_path / '*' / 'painted' / '*.png'))) == 2
+
+
+def box_only_options(config, data_root):
+    """``small_options`` of a Mask R-CNN config without its mask head (a Faster R-CNN),
+    on the shapes data's boxes."""
+    options, _ = small_options(config, data_root)
+    options.update(shapes_coco_dataloaders(data_root, IMAGE_SIZE, with_mask=False))
+    options.update({'model.roi_head.mask_head': None, 'model.roi_head.mask_roi_extractor': None})
+    return options
+
+
+def _same_or_suppressed(box, score, label, kept):
+    """Whether a box is in ``kept`` (a greedy NMS's output at IoU 0.5), or was suppressed
+    there: a kept box of its label scores at least as high and overlaps it by IoU > 0.5."""
+    same_label = kept['labels'] == label
+    if any(torch.allclose(b, box) and s == score
+           for b, s in zip(kept['bboxes'][same_label], kept['scores'][same_label])):
+        return True
+    iou = box_iou(box[None], kept['bboxes'][same_label])[0]
+    return bool(((iou > 0.5) & (kept['scores'][same_label] >= score)).any())
+
+
+def test_tta_without_tta_settings_uses_mmdet_default_flip(shapes_root, tmp_path):
+    """As mmdet's tools/test.py: DetTTAModel (NMS at IoU 0.5, 100 boxes) over the test
+    image and its horizontal flip. The unflipped view gives the plain test's boxes: each
+    of them is in the TTA result or suppressed there by a better box of its class."""
+    assert 'tta_model' not in Config.fromfile(MASK_RCNN_PVT_T)
+    options = box_only_options(MASK_RCNN_PVT_T, shapes_root)
+    run_train([MASK_RCNN_PVT_T, '--work-dir', str(tmp_path)], options)
+    argv = [MASK_RCNN_PVT_T, str(tmp_path / 'epoch_1.pth'), '--work-dir', str(tmp_path)]
+    run_test(argv + ['--out', str(tmp_path / 'plain.pkl')], options)
+
+    args = test_tool.parse_args(argv + ['--tta', '--out', str(tmp_path / 'tta.pkl')])
+    args.cfg_options = copy.deepcopy(options)
+    with pytest.warns(UserWarning, match="no tta_model in the config, using mmdet's default"):
+        cfg = test_tool.build_config(args)
+    assert cfg.model.type == 'DetTTAModel' and cfg.model.module.type == 'MaskRCNN'
+    assert cfg.model.tta_cfg.to_dict() == dict(nms=dict(type='nms', iou_threshold=0.5),
+                                               max_per_img=100)
+    pipeline = cfg.test_dataloader.dataset.pipeline
+    assert [t.type for t in pipeline] == [
+        'LoadImageFromFile', 'Resize', 'LoadAnnotations', 'TestTimeAug']
+    flips, (pack, ) = pipeline[-1].transforms
+    assert [(t.type, t.prob) for t in flips] == [('RandomFlip', 1.), ('RandomFlip', 0.)]
+    assert pack.type == 'PackDetInputs' and 'flip_direction' in pack.meta_keys
+    metrics = test_tool.build_runner(cfg).test()
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 'coco/segm_mAP' not in metrics
+
+    with open(tmp_path / 'plain.pkl', 'rb') as f:
+        plain = pickle.load(f)
+    with open(tmp_path / 'tta.pkl', 'rb') as f:
+        tta = pickle.load(f)
+    assert [r['img_id'] for r in tta] == [r['img_id'] for r in plain] and len(tta) == 2
+    from_flip = 0
+    for before, after in zip(plain, tta):
+        before, after = before['pred_instances'], after['pred_instances']
+        assert len(before['scores']) == 10 and 0 < len(after['scores']) <= 20
+        assert (after['scores'].diff() <= 0).all()
+        assert after['bboxes'].min() >= 0 and after['bboxes'].max() <= IMAGE_SIZE
+        for box, label in zip(after['bboxes'], after['labels']):
+            # NMS: no two kept boxes of a class overlap by more than 0.5
+            same_label = after['labels'] == label
+            assert (box_iou(box[None], after['bboxes'][same_label]) > 0.5).sum() == 1
+            from_flip += not any(torch.allclose(box, b) for b in before['bboxes'])
+        for box, score, label in zip(*(before[k] for k in ('bboxes', 'scores', 'labels'))):
+            assert _same_or_suppressed(box, score, label, after)
+    assert from_flip > 0
+
+
+@pytest.mark.parametrize('config', [
+    MASK_RCNN_PVT_T,
+    osp.join(REPO, 'configs', 'detection', 'cascade-mask-rcnn_pola-swin-t_fpn_ms-crop-3x_coco.py'),
+], ids=osp.basename)
+def test_tta_without_tta_settings_refuses_mask_predictions(config):
+    """mmdet's DetTTAModel merges boxes only (it asserts there are no masks)."""
+    args = test_tool.parse_args([config, 'unused.pth', '--tta'])
+    with pytest.raises(RuntimeError, match=r'predicts masks \(model\.roi_head\.mask_head\); '
+                       "mmdet's default DetTTAModel merges boxes only"):
+        test_tool.build_config(args)
+
+
+def test_out_for_detection_must_be_a_pickle(tmp_path):
+    args = test_tool.parse_args([MASK_RCNN_PVT_T, 'unused.pth', '--out', str(tmp_path / 'maps')])
+    with pytest.raises(ValueError, match=r"default_scope 'mmdet'\) --out is the \.pkl or "
+                       r'\.pickle file the predictions are dumped to'):
+        test_tool.build_config(args)
 
 
 class _RecordResumeState(Hook):
