@@ -6,13 +6,13 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from pola_mm.models import PolaLinearAttention, ShiftWindowAttention, window_attention
 from pola_mm.ops import token_grid
-from pola_mm.ops.caching import tensor_caching_allowed
+from pola_mm.ops.eager import running_eagerly
 
 
-def test_caching_is_allowed_only_for_plain_eager_tensors():
-    assert tensor_caching_allowed()
+def test_only_plain_eager_tensors_count_as_running_eagerly():
+    assert running_eagerly()
     with FakeTensorMode():
-        assert not tensor_caching_allowed()
+        assert not running_eagerly()
 
 
 def test_bicubic_matrices_built_under_fake_tensors_are_not_cached():

@@ -4,6 +4,7 @@ import torch
 
 from pola_mm.ops.pola_reference import plain_polarity_attention
 from pola_mm.ops.pola_torch import mixing_matrix, polarity_linear_attention_torch, signed_power
+from pola_mm.ops.polarity_attention import polarity_linear_attention
 
 # (batch, heads, queries N, keys n, head dims d)
 SHAPES = [(2, 3, 33, 33, 32), (1, 1, 1, 3, 32), (2, 2, 7, 5, 64), (1, 2, 97, 12, 64),
@@ -191,3 +192,37 @@ def test_bad_shapes_are_refused(q_shape, k_shape, v_shape, power_shape, match):
     with pytest.raises(ValueError, match=match):
         polarity_linear_attention_torch(torch.randn(q_shape), torch.randn(k_shape),
                                         torch.randn(v_shape), torch.ones(power_shape))
+
+
+@pytest.mark.parametrize('impl', ['torch', 'reference'])
+@pytest.mark.parametrize('power_value,scale_value,match', [
+    (0., None, 'power must be positive.*minimum of 0'),
+    (-1., None, 'power must be positive.*minimum of -1'),
+    (2., -0.5, 'scale must be positive.*minimum of -0.5'),
+])
+def test_non_positive_exponents_or_divisors_are_refused(impl, power_value, scale_value, match):
+    """Given as they are (no ``alpha``), exponents and divisors must be positive: an
+    exponent 0 or a negative divisor made the PyTorch path all NaN."""
+    q = torch.randn(1, 2, 4, 8)
+    power = torch.full((1, 2, 1, 8), power_value)
+    scale = None if scale_value is None else torch.full((1, 2, 1, 8), scale_value)
+    with pytest.raises(ValueError, match=match):
+        polarity_linear_attention(q, q, q, power, impl=impl, scale=scale)
+
+
+def test_parameters_before_activation_may_be_negative():
+    q = torch.randn(1, 2, 4, 8)
+    logits = -torch.ones(1, 2, 1, 8)
+    out = polarity_linear_attention(q, q, q, logits, impl='torch', scale=logits, alpha=4.)
+    assert out.isfinite().all()
+
+
+def test_second_order_gradients_are_refused():
+    """The core's backward is not itself differentiable: a gradient penalty through it
+    fails loudly instead of treating the first-order gradients as constants."""
+    inputs, _ = make_inputs(1, 2, 5, 5, 8, torch.float32, seed=10)
+    q = inputs[0].requires_grad_()
+    out = polarity_linear_attention(q, *inputs[1:], impl='torch')
+    grad_q, = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice'):
+        grad_q.square().sum().backward()

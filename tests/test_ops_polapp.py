@@ -189,6 +189,17 @@ def test_shared_temperatures_get_summed_gradients():
         assert g_lean.shape == (1, 1, 1, 16) and relative(g_lean, g_plain) < 1e-12
 
 
+def test_second_order_gradients_are_refused():
+    """The lean core's backward is not itself differentiable: a gradient penalty through
+    it fails loudly instead of treating the first-order gradients as constants."""
+    q, k, v, s1, s2, axes = inputs(1, 2, (3, 4), 8)
+    q.requires_grad_()
+    grad_q, = torch.autograd.grad(polapp_linear_attention(q, k, v, s1, s2, axes).square().sum(),
+                                  q, create_graph=True)
+    with pytest.raises(RuntimeError, match='differentiate twice'):
+        grad_q.square().sum().backward()
+
+
 def test_half_inputs_run_in_float32():
     """Keys above 11.1 overflow exp in fp16; the core computes in float32 and returns the
     input dtype, equal to the float32 computation on the same (rounded) inputs, gradients

@@ -144,6 +144,21 @@ def test_eval_cache_follows_weight_updates():
         assert torch.equal(second, module(x, (3, 5)))
 
 
+def test_eval_cache_follows_writes_through_data():
+    """MMEngine's EMAHook swaps the averaged weights in with ``p.data.copy_`` (no version
+    bump) before its validation loop calls ``eval()``."""
+    module = PolaLinearAttention(8, 2, (4, 4), 'qkvg').eval()
+    x = torch.randn(1, 15, 8)
+    with torch.no_grad():
+        first = module(x, (3, 5))
+        module.positional_encoding.data.copy_(torch.randn_like(module.positional_encoding))
+        module.eval()
+        second = module(x, (3, 5))
+        module._pos_cache.clear()
+        assert torch.equal(second, module(x, (3, 5)))
+    assert not torch.allclose(first, second)
+
+
 def test_fp16_inputs_are_computed_in_fp32():
     """Powers up to 5 of inputs divided by softplus(scale) overflow fp16 (max 65504);
     the core computes in fp32 and only the result is cast back."""

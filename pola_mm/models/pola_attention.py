@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.caching import tensor_caching_allowed
 from ..ops.depthwise_conv import HeadSharedDepthwiseConv2d
+from ..ops.eager import running_eagerly
 from ..ops.polarity_attention import check_attention_impl, polarity_linear_attention
 from ..ops.token_grid import resize_token_grid
 
@@ -89,12 +89,21 @@ class PolaLinearAttention(nn.Module):
             torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dims))
         self._pos_cache: Dict[tuple, Tensor] = {}
 
+    def train(self, mode: bool = True):
+        """Also drops the eval cache of the positional encoding: writes through ``.data``
+        (MMEngine's ``EMAHook`` swapping in the averaged weights before its loops call
+        ``eval()``) do not bump the table's version, which the cache is keyed on."""
+        self._pos_cache.clear()
+        return super().train(mode)
+
     def _positional_encoding(self, hw_shape: Tuple[int, int]) -> Tensor:
         """(1, H*W, C) positional encoding for a key grid; cached per size in eval (not
-        while tracing, :func:`~pola_mm.ops.caching.tensor_caching_allowed`: exporting to
-        ONNX, the grid is symbolic and the resize is in the graph)."""
+        while tracing, :func:`~pola_mm.ops.eager.running_eagerly`: exporting to
+        ONNX, the grid is symbolic and the resize is in the graph), and dropped when the
+        table changes in place (``load_state_dict`` included) or the module is switched to
+        train or eval mode."""
         table = self.positional_encoding
-        if self.training or torch.is_grad_enabled() or not tensor_caching_allowed():
+        if self.training or torch.is_grad_enabled() or not running_eagerly():
             return resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
         key = (hw_shape, table._version, table.device, table.dtype)
         if key not in self._pos_cache:

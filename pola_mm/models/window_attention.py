@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
-from ..ops.caching import tensor_caching_allowed
+from ..ops.eager import running_eagerly
 from .patch_embed import padding_to_multiple
 
 MASK_VALUE = -100.
@@ -180,7 +180,7 @@ class ShiftWindowAttention(nn.Module):
             x = cyclic_shift(x, shift_size, shift_size)
         mask = None
         if shifted or pad_h or pad_w:
-            mask = (_cached_mask if tensor_caching_allowed() else self._mask)(
+            mask = (_cached_mask if running_eagerly() else self._mask)(
                 padded_hw, hw_shape, window_size, shift_size, x.device)
 
         windows = window_partition(x, window_size)  # (B*nW, w*w, C)

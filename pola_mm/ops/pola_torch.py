@@ -32,6 +32,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .eager import running_eagerly
 
 
 def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
@@ -39,7 +42,8 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                           alpha: Optional[float] = None) -> None:
     """Raise ValueError unless q (B, h, N, d), k and v (B, h, n, d), d even, power (and
     scale, if given) broadcast to (1, h, 1, d), and scale is given where ``alpha`` is
-    (:func:`activate_parameters`)."""
+    (:func:`activate_parameters`); without ``alpha``, also unless power and scale are
+    positive (checked when running eagerly: it reads their values on the host)."""
     if alpha is not None and scale is None:
         raise ValueError('alpha is given, so power and scale are parameters before their '
                          'activations; scale is missing')
@@ -60,6 +64,9 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                 param.shape[1] not in (1, heads) or param.shape[3] not in (1, dims)):
             raise ValueError(f'{name} must broadcast as (1, {heads}, 1, {dims}), '
                              f'got {tuple(param.shape)}')
+        if alpha is None and param is not None and running_eagerly() and not (param > 0).all():
+            raise ValueError(f'{name} must be positive (without alpha it is the exponents or '
+                             f'divisors themselves), got a minimum of {param.min().item():.4g}')
 
 
 def activate_parameters(power: Tensor, scale: Optional[Tensor],
@@ -185,6 +192,7 @@ class KeyStatistics(torch.autograd.Function):
         return state
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_state):
         k, v, power = ctx.saved_tensors
         power32 = power.float()
@@ -253,6 +261,7 @@ class MixingMatrix(torch.autograd.Function):
         return mixing.view(batch, heads, rows, dims + 2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         unweighted, row_weight = ctx.saved_tensors
         batch, heads, rows, cols = grad.shape
@@ -298,6 +307,7 @@ class QueryOutput(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, power, mixing, out, inv_norm = ctx.saved_tensors
         power32 = power.float()

@@ -41,6 +41,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .cpu_fusion import FUSE_MIN_ELEMENTS, run_fused
 from .pola_reference import plain_polapp_linear_attention
@@ -202,6 +203,7 @@ class _KeyStatistics(torch.autograd.Function):
         return rows_kv, cols_kv, sums[0], sums[1]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_rows, grad_cols, grad_pos_mean, grad_neg_mean):
         k, v = ctx.saved_tensors
         grad_k, grad_v = run_fused(lambda fused: _KeyStatistics._backward(
@@ -290,6 +292,7 @@ class _QueryOutput(torch.autograd.Function):
         return out, norms
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         q, *saved = ctx.saved_tensors
         temperatures, matrices, (out, norms) = saved[:4], saved[4:8], saved[8:]

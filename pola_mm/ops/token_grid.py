@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .caching import tensor_caching_allowed
+from .eager import running_eagerly
 
 CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient
 
@@ -58,7 +58,7 @@ def bicubic_matrix(src: int, dst: int, device: torch.device) -> Tensor:
     first dim exactly as ``F.interpolate(mode='bicubic', align_corners=False)`` does:
     source position ``(i + 0.5) * src / dst - 0.5``, four taps with coefficient
     ``CUBIC_A``, indices clamped at the borders. Built in float64; cached (do not modify;
-    call ``bicubic_matrix.__wrapped__`` where :func:`.tensor_caching_allowed` is False).
+    call ``bicubic_matrix.__wrapped__`` where :func:`.running_eagerly` is False).
     """
     position = (torch.arange(dst, dtype=torch.float64) + 0.5) * (src / dst) - 0.5
     first = position.floor()
@@ -84,7 +84,7 @@ def _separable_bicubic(tokens: Tensor, src_shape: Tuple[int, int],
     (src_h, src_w), (height, width) = src_shape, hw_shape
     with torch.autocast(device_type=tokens.device.type, enabled=False):
         grid = tokens.float().reshape(src_h, src_w, -1)
-        matrix = bicubic_matrix if tensor_caching_allowed() else bicubic_matrix.__wrapped__
+        matrix = bicubic_matrix if running_eagerly() else bicubic_matrix.__wrapped__
         grid = matrix(src_w, width, tokens.device) @ grid  # (h, W, C)
         grid = matrix(src_h, height, tokens.device) @ grid.flatten(1)  # (H, W*C)
     return grid.reshape(1, height * width, -1).to(tokens.dtype)
