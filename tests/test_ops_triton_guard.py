@@ -164,12 +164,13 @@ class _Launcher:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.grids.append((self.name, grid, kwargs['num_warps']))
+            self.grids.append((self.name, grid, kwargs['num_warps'], kwargs['num_stages']))
         return launch
 
 
 def test_token_blocks_are_on_grid_axis_0(monkeypatch, looks_like_cuda):
-    from pola_mm.ops.triton_compile import KERNEL_NAMES, NUM_WARPS
+    from pola_mm.ops.triton_compile import KERNEL_NAMES, NUM_STAGES, NUM_WARPS
+    options = NUM_WARPS, NUM_STAGES
     grids = []
     for name in KERNEL_NAMES:
         monkeypatch.setattr(pola_triton, name, _Launcher(name, grids))
@@ -180,12 +181,12 @@ def test_token_blocks_are_on_grid_axis_0(monkeypatch, looks_like_cuda):
     out = pola_triton.polarity_linear_attention_triton(q, k, v, power, chunk=256)
     out.backward(torch.ones_like(out))
     assert grids == [
-        ('_key_state_kernel', (3, batch * heads), NUM_WARPS),  # 600 keys / chunk 256
-        ('_mixing_kernel', (batch * heads, ), NUM_WARPS),
-        ('_query_output_kernel', (32, batch * heads), NUM_WARPS),  # 1000 queries / 32
-        ('_query_backward_kernel', (4, batch * heads), NUM_WARPS),
-        ('_mixing_backward_kernel', (batch * heads, ), NUM_WARPS),
-        ('_key_backward_kernel', (3, batch * heads), NUM_WARPS),
+        ('_key_state_kernel', (3, batch * heads), *options),  # 600 keys / chunk 256
+        ('_mixing_kernel', (batch * heads, ), *options),
+        ('_query_output_kernel', (32, batch * heads), *options),  # 1000 queries / 32
+        ('_query_backward_kernel', (4, batch * heads), *options),
+        ('_mixing_backward_kernel', (batch * heads, ), *options),
+        ('_key_backward_kernel', (3, batch * heads), *options),
     ]
 
 

@@ -42,8 +42,7 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                           alpha: Optional[float] = None) -> None:
     """Raise ValueError unless q (B, h, N, d), k and v (B, h, n, d), d even, power (and
     scale, if given) broadcast to (1, h, 1, d), and scale is given where ``alpha`` is
-    (:func:`activate_parameters`); without ``alpha``, also unless power and scale are
-    positive (checked when running eagerly: it reads their values on the host)."""
+    (:func:`activate_parameters`)."""
     if alpha is not None and scale is None:
         raise ValueError('alpha is given, so power and scale are parameters before their '
                          'activations; scale is missing')
@@ -64,7 +63,17 @@ def check_polarity_inputs(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
                 param.shape[1] not in (1, heads) or param.shape[3] not in (1, dims)):
             raise ValueError(f'{name} must broadcast as (1, {heads}, 1, {dims}), '
                              f'got {tuple(param.shape)}')
-        if alpha is None and param is not None and running_eagerly() and not (param > 0).all():
+
+
+def check_positive_parameters(power: Tensor, scale: Optional[Tensor] = None) -> None:
+    """Raise ValueError unless the exponents and divisors (``scale``, if given) are all
+    positive; only when running eagerly (it reads their values on the host, a device
+    sync), so the callers that pass them as they are check them, not the layers, which
+    pass their parameters before the activations."""
+    if not running_eagerly():
+        return
+    for name, param in (('power', power), ('scale', scale)):
+        if param is not None and not (param > 0).all():
             raise ValueError(f'{name} must be positive (without alpha it is the exponents or '
                              f'divisors themselves), got a minimum of {param.min().item():.4g}')
 

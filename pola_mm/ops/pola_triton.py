@@ -46,12 +46,12 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
 from .pola_torch import activate_parameters, check_polarity_inputs, polarity_linear_attention_torch
-from .triton_compile import BLOCK_TOKENS, NUM_WARPS, SUPPORTED_HEAD_DIMS, kernel_precision
-
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from .triton_compile import (BLOCK_TOKENS, KERNEL_DTYPES, LAUNCH_OPTIONS, SUPPORTED_HEAD_DIMS,
+                             kernel_precision)
 
 
 @triton.jit
@@ -246,7 +246,10 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
                            stride_gb, stride_gh, stride_gn, stride_dqb, stride_dqh, stride_dqn,
                            D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """dq, and per-chunk partial dW (2d, d + 2) and d power (by its table) (d,); stores
-    zeros in its row of the d scale partials (only the mixing backward adds to d scale)."""
+    zeros in its row of the d scale partials (only the mixing backward adds to d scale).
+
+    The normalisers' gradients need the output in fp32: read where it was stored so,
+    recomputed (``Q @ W`` over the normalisers, as forward) where it was stored in half."""
     part = tl.program_id(0)
     bh = tl.program_id(1)
     cols = tl.arange(0, D)
@@ -266,8 +269,6 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
         mask = row_mask[:, None]
         q = tl.load(_tile(q_ptr, bh, num_heads, stride_qb, stride_qh, stride_qn, rows, cols),
                     mask=mask, other=0.).to(tl.float32)
-        out = tl.load(_tile(out_ptr, bh, num_heads, stride_ob, stride_oh, stride_on, rows,
-                            cols), mask=mask, other=0.).to(tl.float32)
         grad_out = tl.load(_tile(grad_out_ptr, bh, num_heads, stride_gb, stride_gh, stride_gn,
                                  rows, cols), mask=mask, other=0.).to(tl.float32)
         norm_offsets = (bh * num_queries + rows) * 2
@@ -276,6 +277,13 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
         magnitude = _polarity_features(q, power)
         q_pos = tl.where(q > 0, magnitude, 0.)
         q_neg = tl.where(q < 0, magnitude, 0.)
+        if out_ptr.dtype.element_ty == tl.float32:
+            out = tl.load(_tile(out_ptr, bh, num_heads, stride_ob, stride_oh, stride_on, rows,
+                                cols), mask=mask, other=0.)
+        else:  # the stored half output would cost the normalisers' gradients precision
+            out = tl.dot(q_pos, top, input_precision=PRECISION)
+            out = tl.dot(q_neg, bottom, out, input_precision=PRECISION)
+            out *= tl.where(first_half, inv_sim[:, None], inv_opp[:, None])
 
         grad_numerator = grad_out * tl.where(first_half, inv_sim[:, None], inv_opp[:, None])
         grad_out_dot_out = grad_out * out
@@ -443,18 +451,18 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: 
     _key_state_kernel[(key_chunks, batch * heads)](
         k, v, power32, state, num_keys, heads, chunk, *activation, *_strides(k), *_strides(v),
         D=dims,
-        BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
+        BLOCK=BLOCK_TOKENS, PRECISION=precision, **LAUNCH_OPTIONS)
     key_state = state.sum(1)  # (B * h, 2d, d + 1)
     mixing = q.new_empty(batch * heads, 2 * dims, dims + 2, dtype=torch.float32)
     _mixing_kernel[(batch * heads, )](key_state, power32, scale32, mixing, num_keys, heads,
-                                      *activation, D=dims, num_warps=NUM_WARPS)
+                                      *activation, D=dims, **LAUNCH_OPTIONS)
 
     # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
     out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
     inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
     _query_output_kernel[(triton.cdiv(num_queries, BLOCK_TOKENS), batch * heads)](
         q, power32, mixing, out, inv_norm, num_queries, heads, eps, *activation, *_strides(q),
-        *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision, num_warps=NUM_WARPS)
+        *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision, **LAUNCH_OPTIONS)
     return out, key_state, mixing, inv_norm
 
 
@@ -481,13 +489,13 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32:
         grad_scale, num_queries, heads, chunk, *activation, grad_power.stride(0),
         *_strides(q), *_strides(out),
         *_strides(grad_out), *_strides(grad_q), D=dims, BLOCK=BLOCK_TOKENS,
-        PRECISION=precision, num_warps=NUM_WARPS)
+        PRECISION=precision, **LAUNCH_OPTIONS)
 
     grad_state = torch.empty_like(key_state)
     _mixing_backward_kernel[(batch * heads, )](
         grad_mixing.sum(1), key_state, power32, scale32, grad_state,
         grad_power[:, query_chunks], grad_scale[:, query_chunks], num_keys, heads,
-        *activation, grad_power.stride(0), D=dims, num_warps=NUM_WARPS)
+        *activation, grad_power.stride(0), D=dims, **LAUNCH_OPTIONS)
 
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
@@ -496,8 +504,9 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32:
         grad_scale[:, query_chunks + 1:], num_keys, heads, chunk, *activation,
         grad_power.stride(0), *_strides(k), *_strides(v), *_strides(grad_k),
         *_strides(grad_v), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision,
-        num_warps=NUM_WARPS)
-    grad_power, grad_scale = grad_tables.view(2, batch, heads, -1, dims).sum((1, 3))
+        **LAUNCH_OPTIONS)
+    grad_power, grad_scale = grad_tables.view(2, batch, heads, grad_tables.shape[2],
+                                              dims).sum((1, 3))
     return grad_q, grad_k, grad_v, grad_power, grad_scale
 
 
@@ -548,6 +557,7 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, power, scale, power32, scale32, key_state, mixing, out, inv_norm = \
             ctx.saved_tensors
@@ -569,12 +579,6 @@ class TritonPolarityAttentionFunction(torch.autograd.Function):
             if guard is not None:
                 guard.passed('backward')
         return (*grads, None, None, None, None, None)
-
-
-def triton_supports(q: Tensor) -> bool:
-    """Whether the Triton kernels can run on ``q``'s device, dtype and head dims."""
-    return (q.shape[-1] in SUPPORTED_HEAD_DIMS and q.dtype in KERNEL_DTYPES and
-            (q.is_cuda or triton_interpreted()))
 
 
 def triton_interpreted() -> bool:

@@ -27,12 +27,11 @@ import torch
 from torch import Tensor
 
 from .pola_reference import plain_polarity_attention
-from .pola_torch import (activate_parameters, check_polarity_inputs, mixing_matrix,
-                         polarity_linear_attention_torch, scale_row_weight)
-from .triton_compile import SUPPORTED_HEAD_DIMS, kernel_precision
+from .pola_torch import (activate_parameters, check_polarity_inputs, check_positive_parameters,
+                         mixing_matrix, polarity_linear_attention_torch, scale_row_weight)
+from .triton_compile import KERNEL_DTYPES, SUPPORTED_HEAD_DIMS, kernel_precision
 
 ATTENTION_IMPLS = ('auto', 'torch', 'triton', 'reference')
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: (device, head dims, q/k/v dtypes, precision) -> 'forward' (its forward ran),
 #: 'verified' (its backward too) or 'failed' (the PyTorch path runs it from then on).
 _KERNEL_STATUS: Dict[Tuple, str] = {}
@@ -56,7 +55,7 @@ def _kernels_apply(q: Tensor, k: Tensor, v: Tensor) -> bool:
     """Whether ``'auto'`` takes the Triton kernels for these inputs."""
     if not _on_checked_gpu(q) or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         return False
-    if any(t.dtype not in _KERNEL_DTYPES for t in (q, k, v)):
+    if any(t.dtype not in KERNEL_DTYPES for t in (q, k, v)):
         return False
     try:
         import triton  # noqa: F401
@@ -150,7 +149,9 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
         k (Tensor): (B, h, n, d) keys (positional encoding added).
         v (Tensor): (B, h, n, d) values; ``d`` must be even.
         power (Tensor): (1, h, 1, d) exponents (``1 + alpha * sigmoid(param)`` in the
-            models), or with ``alpha`` the parameter ``param`` itself.
+            models), or with ``alpha`` the parameter ``param`` itself. Without ``alpha``,
+            the exponents and ``scale`` must be positive (checked, which reads them on the
+            host).
         eps (float): normaliser epsilon (official value 1e-6).
         impl (str): 'auto' (Triton kernels on CUDA where they support the head dims and
             pass their first call, else PyTorch), 'torch', 'triton' or 'reference' (the
@@ -171,6 +172,8 @@ def polarity_linear_attention(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
     """
     check_attention_impl(impl)
     check_polarity_inputs(q, k, v, power, scale, alpha)  # bad input is no kernel failure
+    if alpha is None:
+        check_positive_parameters(power, scale)
     if torch.onnx.is_in_onnx_export():
         power, scale = activate_parameters(power, scale, alpha)
         return polarity_linear_attention_traceable(q, k, v, power, eps, scale)

@@ -10,8 +10,8 @@ Triton compiles ahead of time for a named target on a machine without a GPU
 ``ptxas`` that ships with it, so CI checks every kernel at every supported head dim and
 product precision (:func:`compile_kernel`): it must compile, and its shared memory must fit
 the largest block allocation of every architecture of :data:`MAX_SHARED_BYTES`. Head dim
-128 does not fit (``_query_backward_kernel`` needs 246,400 bytes in IEEE, more than any GPU
-offers a block), hence :data:`SUPPORTED_HEAD_DIMS`.
+128 does not fit (``_key_backward_kernel`` needs 327,680 bytes with TF32 products, more
+than any GPU offers a block), hence :data:`SUPPORTED_HEAD_DIMS`.
 
 Nothing here imports Triton until a kernel is compiled, so the dispatcher can read it on
 any PyTorch build.
@@ -27,11 +27,20 @@ import torch
 #: Head dims the kernels accept (``tl.dot`` tiles of at least 16) and the dispatcher
 #: sends them; each one is compiled for every architecture in CI.
 SUPPORTED_HEAD_DIMS = (16, 32, 64)
+#: dtypes the kernels read q, k and v in (each its own).
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: ``tl.dot`` input precisions the dispatcher may choose.
 PRECISIONS = ('ieee', 'tf32')
-#: Tokens per block (rows of each ``tl.dot`` tile) and warps per program.
+#: Tokens per block (rows of each ``tl.dot`` tile), warps per program and software
+#: pipeline stages of the token loops (tiles of the next blocks loaded while this one is
+#: computed; Triton's default of 3 buffers fp32 tiles three times, and at head dim 64
+#: ``_key_backward_kernel`` with TF32 products on fp32 inputs then needs 112 KB of shared
+#: memory, more than the 99 KB of sm_86/89/120; with 2 it needs 96 KB).
 BLOCK_TOKENS = 32
 NUM_WARPS = 4
+NUM_STAGES = 2
+#: The launch options of every kernel, as the launches and the compile check pass them.
+LAUNCH_OPTIONS = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 #: The six kernels of :mod:`.pola_triton`.
 KERNEL_NAMES = ('_key_state_kernel', '_mixing_kernel', '_query_output_kernel',
                 '_query_backward_kernel', '_mixing_backward_kernel', '_key_backward_kernel')
@@ -220,7 +229,7 @@ def compile_kernel(kernel: str, head_dims: int, precision: str, capability: int,
     knobs.runtime.add_stages_inspection_hook = _stop_after('ptx' if assemble else 'llir')
     try:
         triton.compile(source, target=GPUTarget('cuda', capability, 32),
-                       options=dict(num_warps=num_warps))
+                       options=dict(LAUNCH_OPTIONS, num_warps=num_warps))
     except _StopCompile as stopped:
         module, metadata = stopped.module, stopped.metadata
     else:
