@@ -10,6 +10,7 @@ generated dataset.
 import filecmp
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 from types import ModuleType, SimpleNamespace
@@ -58,9 +59,11 @@ def eval_config_name(model: ReleasedModel) -> str:
 
 
 def finetune_config_name(model: ReleasedModel) -> str:
-    """``pola-pvt-tiny_in1k-pre_8xb32_custom.py``, ``polapp-b0_in1k-pre_8xb32_custom.py``, ..."""
-    size = '' if model.img_size == 224 else f'-{model.img_size}px'
-    return f'{config_stem(model)}_in1k{size}-pre_8xb32_custom.py'
+    """``pola-pvt-tiny_in1k-pre_8xb32_custom.py``, ``polapp-b0_in1k-pre_8xb32_custom.py``, ...;
+    at 384x384, 16 images per GPU: ``pola-swin-base_in1k-384px-pre_8xb16_custom.py``."""
+    if model.img_size == 224:
+        return f'{config_stem(model)}_in1k-pre_8xb32_custom.py'
+    return f'{config_stem(model)}_in1k-{model.img_size}px-pre_8xb16_custom.py'
 
 
 EVAL_CONFIGS = {model.name: eval_config_name(model) for model in RELEASED}
@@ -381,6 +384,19 @@ def test_hook_leaves_openmmlab_checkpoints_to_mmengine():
     official = official_layout_state_dict('pola_pvt_tiny')
     load_released(model, {'state_dict': official}, 'official_under_state_dict.pth')
     assert torch.equal(model.head.fc.weight, official['head.weight'])
+
+
+@pytest.mark.parametrize('config', sorted(name for name in os.listdir(CONFIGS)
+                                           if name.endswith('.py')))
+def test_config_names_state_their_batch(config):
+    """``<gpus>xb<per GPU>``: the per-GPU batch, the batch ``--auto-scale-lr`` scales from,
+    and, for fine-tuning, the lr of the base recipe (1e-4 at 256) scaled to that batch."""
+    gpus, per_gpu = map(int, re.search(r'_(\d+)xb(\d+)_', config).groups())
+    cfg = Config.fromfile(osp.join(CONFIGS, config))
+    assert cfg.train_dataloader.batch_size == per_gpu
+    assert cfg.auto_scale_lr.base_batch_size == gpus * per_gpu
+    if config.endswith('_custom.py'):
+        assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-4 * gpus * per_gpu / 256)
 
 
 POLAPP_CONFIGS = [(name, make(released_model(name))) for name in POLAPP_RELEASED
