@@ -425,6 +425,19 @@ def expected_weight_decay(config: str, name: str) -> float:
     return 0 if any(key in name for key in no_decay) else 1e-4
 
 
+def test_cascade_has_the_box_heads_of_swins_cascade():
+    """The paper compares with Swin's Cascade Mask R-CNN (4conv1fc heads with SyncBN, GIoU
+    loss of weight 10 on decoded boxes), not mmdet's default shared-FC heads."""
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'detection',
+                                   'cascade-mask-rcnn_pola-swin-t_fpn_ms-crop-3x_coco.py'))
+    heads = cfg.model.roi_head.bbox_head
+    assert [(head.type, head.num_shared_convs, head.num_shared_fcs, head.norm_cfg.type,
+             head.loss_bbox.type, head.loss_bbox.loss_weight, head.reg_decoded_bbox)
+            for head in heads] == [('ConvFCBBoxHead', 4, 1, 'SyncBN', 'GIoULoss', 10.0, True)] * 3
+    assert [head.bbox_coder.target_stds for head in heads] == [
+        [0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
+
+
 @pytest.mark.parametrize('config', DET_CONFIGS, ids=osp.basename)
 def test_config_builds_with_its_released_backbone(config):
     """The real arch (not the tiny one of the other tests) feeds the neck it is paired with."""
