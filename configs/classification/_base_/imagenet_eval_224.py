@@ -3,8 +3,11 @@
 # (bicubic, PIL), centre crop 224, ImageNet mean/std (the dataset base below).
 # `load_from` takes the released file as it is: the hook converts the official key layout
 # (backbone + `head.*`) into this classifier's (`backbone.*`, `head.fc.*`) and rejects a
-# file of another architecture. The training settings are mmpretrain's Swin ImageNet
-# recipe (AdamW, lr 1e-3 at batch 1024, cosine, 300 epochs), which the official code follows.
+# file of another architecture. The optimiser and schedule are mmpretrain's Swin ImageNet
+# recipe (AdamW, lr 1e-3 at batch 1024, cosine, 300 epochs), which the official code follows,
+# with label smoothing 0.1 (the model bases); the recipe's Mixup and CutMix are not set, and
+# `load_from` starts from the released weights: these configs evaluate, they do not
+# pretrain.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
