@@ -168,6 +168,12 @@ def load_model_checkpoint(model: nn.Module, path: str, map_location='cpu',
         raise RuntimeError(f'{path} does not fit the model: {error}') from None
 
 
+#: Top-level modules of OpenMMLab models besides the backbone: their keys in a backbone's
+#: checkpoint mean a whole model's file.
+MODEL_PARTS = frozenset(('neck', 'head', 'decode_head', 'auxiliary_head', 'rpn_head', 'roi_head',
+                         'bbox_head', 'mask_head', 'data_preprocessor'))
+
+
 def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[str] = None,
                              map_location='cpu',
                              weights: Optional[str] = None) -> Dict[str, List[str]]:
@@ -197,7 +203,11 @@ def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[st
     try:
         report = load_into(backbone, converted, backbone.new_key_prefixes)
     except RuntimeError as error:
-        raise RuntimeError(f'{path}: {error}') from None
+        hint = ''
+        if prefix is None and any(key.split('.')[0] in MODEL_PARTS for key in state_dict):
+            hint = (" (it holds a whole model's weights: prefix='backbone' takes its "
+                    'backbone)')
+        raise RuntimeError(f'{path}: {error}{hint}') from None
     report.update(conversion)
     print_log(
         f'Loaded {path} (weights under {describe_location(checkpoint, prefix, weights)}) into '
