@@ -329,17 +329,39 @@ def shapes_data(tmp_path_factory):
     return root
 
 
-def test_eval_config_reports_accuracy_with_tools_test(shapes_data):
+def eval_config(shapes_data):
+    """The Pola-PVT-T evaluation config on the generated val images."""
     config = shapes_data / 'eval.py'
     config.write_text(
         f"_base_ = ['{CONFIGS}/pola-pvt-tiny_16xb64_in1k.py']\n"
         "test_dataloader = dict(batch_size=3, num_workers=0, dataset=dict(\n"
         f"    _delete_=True, type='CustomDataset', data_root='{shapes_data}/data',\n"
         "    data_prefix='val', pipeline={{_base_.test_pipeline}}))\n")
+    return config
+
+
+def test_eval_config_reports_accuracy_with_tools_test(shapes_data):
+    config = eval_config(shapes_data)
     output = run_tool('tools/test.py', str(config), str(shapes_data / 'pola_pvt_tiny.pth'),
                       '--work-dir', str(shapes_data / 'eval_work'))
     assert 'accuracy/top1' in output and 'accuracy/top5' in output
     assert 'Load checkpoint from' in output
+
+
+def test_tta_without_tta_settings_averages_flipped_scores(shapes_data):
+    """As MMPretrain's tools/test.py: a classification config without tta settings gets
+    AverageClsScoreTTA over each image and its horizontal flip."""
+    config = eval_config(shapes_data)
+    work_dir = shapes_data / 'tta_work'
+    output = run_tool('tools/test.py', str(config), str(shapes_data / 'pola_pvt_tiny.pth'),
+                      '--work-dir', str(work_dir), '--tta')
+    assert 'accuracy/top1' in output and "mmpretrain's default AverageClsScoreTTA" in output
+    cfg = Config.fromfile(str(work_dir / 'eval.py'))  # as the runner ran it
+    assert cfg.model.type == 'mmpretrain.AverageClsScoreTTA'
+    assert cfg.model.module.backbone.type == 'pola_mm.PolaPVT'
+    flip = cfg.test_dataloader.dataset.pipeline[-1]
+    assert flip.type == 'TestTimeAug' and [t['prob'] for t in flip.transforms[0]] == [1., 0.]
+    assert flip.transforms[1][0]['type'] == 'PackInputs'
 
 
 def test_finetune_config_trains_two_iterations(shapes_data):

@@ -4,8 +4,9 @@ Like ``tools/train.py``, this reads the config's ``default_scope`` and imports `
 itself. ``--show``/``--show-dir`` switch on the scope's visualisation hook
 (``DetVisualizationHook``, ``SegVisualizationHook`` or mmpretrain's ``VisualizationHook``),
 ``--tta`` wraps the model in the config's ``tta_model`` with its ``tta_pipeline`` (a
-detection config without them gets MMDetection's default flip TTA, as in mmdet's
-``tools/test.py``, unless its model predicts masks, which mmdet's TTA cannot merge).
+detection or classification config without them gets the default flip TTA of mmdet's or
+mmpretrain's ``tools/test.py``, unless its model predicts masks, which mmdet's TTA cannot
+merge).
 ``--out`` follows each library's ``tools/test.py``: for detection and classification it is
 a pickle file the predictions are dumped to (mmdet's ``DumpDetResults`` for detection), for
 segmentation a directory where the evaluator writes the predicted label maps as PNG files
@@ -52,8 +53,9 @@ def parse_args(argv=None):
         '--tta',
         action='store_true',
         help="test-time augmentation with the config's tta_model and tta_pipeline; a "
-        "box-only detection config without them gets mmdet's default (flip, boxes merged "
-        "by NMS); mmdet has none for models that predict masks")
+        "box-only detection or a classification config without them gets mmdet's or "
+        "mmpretrain's default (flip; boxes merged by NMS, class scores averaged); mmdet "
+        "has none for models that predict masks")
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -155,26 +157,48 @@ def add_default_det_tta(cfg: Config) -> None:
                       f'{DEFAULT_DET_TTA_MODEL}.')
         cfg.tta_model = copy.deepcopy(DEFAULT_DET_TTA_MODEL)
     if 'tta_pipeline' not in cfg:
-        pipeline = copy.deepcopy(_test_dataset(cfg).pipeline)
-        last = pipeline[-1].get('type') if pipeline else None
-        if last not in ('PackDetInputs', 'mmdet.PackDetInputs'):
-            raise RuntimeError(
-                '--tta: the config has no tta_pipeline and mmdet\'s default flip pipeline '
-                'replaces the test pipeline\'s last transform, PackDetInputs, but it ends '
-                f'with {last!r}; set tta_pipeline in the config.')
-        warnings.warn('--tta: no tta_pipeline in the config, using mmdet\'s default: '
-                      'the test pipeline with each image also flipped horizontally.')
-        pipeline[-1] = dict(
-            type='TestTimeAug',
-            transforms=[[dict(type='RandomFlip', prob=1.),
-                         dict(type='RandomFlip', prob=0.)],
-                        [copy.deepcopy(DEFAULT_DET_TTA_PACK)]])
-        cfg.tta_pipeline = pipeline
+        cfg.tta_pipeline = flip_tta_pipeline(cfg, 'PackDetInputs', DEFAULT_DET_TTA_PACK)
+
+
+def flip_tta_pipeline(cfg: Config, pack: str, packing: dict = None) -> list:
+    """The default TTA pipeline of MMDetection's and MMPretrain's ``tools/test.py``: the
+    test pipeline, its last transform (``pack``) run on each image flipped horizontally
+    and not (``packing`` instead of it, if given).
+
+    Raises:
+        RuntimeError: when the test pipeline does not end with ``pack``.
+    """
+    pipeline = copy.deepcopy(_test_dataset(cfg).pipeline)
+    last = pipeline[-1].get('type') if pipeline else None
+    if last is None or last.split('.')[-1] != pack:
+        raise RuntimeError(
+            '--tta: the config has no tta_pipeline and the default flip pipeline replaces '
+            f"the test pipeline's last transform, {pack}, but it ends with {last!r}; set "
+            'tta_pipeline in the config.')
+    warnings.warn('--tta: no tta_pipeline in the config, using the default: the test '
+                  'pipeline with each image also flipped horizontally.')
+    pipeline[-1] = dict(
+        type='TestTimeAug',
+        transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                    [copy.deepcopy(packing or pipeline[-1])]])
+    return pipeline
+
+
+def add_default_cls_tta(cfg: Config) -> None:
+    """Add MMPretrain's default ``tta_model`` (class scores averaged) and flip
+    ``tta_pipeline`` where the config lacks them, as MMPretrain's ``tools/test.py`` does."""
+    if 'tta_model' not in cfg:
+        warnings.warn('--tta: no tta_model in the config, using mmpretrain\'s default '
+                      'AverageClsScoreTTA.')
+        cfg.tta_model = dict(type='mmpretrain.AverageClsScoreTTA')
+    if 'tta_pipeline' not in cfg:
+        cfg.tta_pipeline = flip_tta_pipeline(cfg, 'PackInputs')
 
 
 def enable_tta(cfg: Config) -> None:
     """Replace the model by ``cfg.tta_model`` around it and the test dataset's pipeline by
-    ``cfg.tta_pipeline``; for a detection config, mmdet's defaults fill in what is missing.
+    ``cfg.tta_pipeline``; for a detection or classification config, mmdet's or mmpretrain's
+    defaults fill in what is missing.
 
     Raises:
         RuntimeError: when the config lacks ``tta_model`` or ``tta_pipeline`` and has no
@@ -182,10 +206,12 @@ def enable_tta(cfg: Config) -> None:
     """
     if _scope(cfg) == 'mmdet':
         add_default_det_tta(cfg)
+    elif _scope(cfg) == 'mmpretrain':
+        add_default_cls_tta(cfg)
     missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
     if missing:
         raise RuntimeError(f'--tta needs {" and ".join(missing)} in the config (there are '
-                           'defaults for detection configs only).')
+                           'defaults for detection and classification configs only).')
     _test_dataset(cfg).pipeline = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model

@@ -3,7 +3,7 @@ or PolaFormer++ ImageNet file as it is."""
 from typing import Optional
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from ..checkpoint import fit_state_dict, is_openmmlab_classifier, released_classifier_weights
 from ..registry import HOOKS
@@ -36,7 +36,9 @@ class OfficialClassifierCheckpointHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if is_openmmlab_classifier(checkpoint):
             return
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = runner.model  # under --tta, test-time augmentation wraps it too
+        if is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
         name = str(runner.cfg.get('load_from'))
         converted = released_classifier_weights(checkpoint, model, name, self.weights)
         try:
