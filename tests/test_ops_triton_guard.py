@@ -168,7 +168,9 @@ class _Launcher:
         return launch
 
 
-def test_token_blocks_are_on_grid_axis_0(monkeypatch, looks_like_cuda):
+def test_every_launch_is_on_grid_axis_0_alone(monkeypatch, looks_like_cuda):
+    """(batch x head) shares axis 0 with the token parts: axes 1 and 2 allow only 65535
+    blocks, which would cap batch x heads."""
     from pola_mm.ops.triton_compile import KERNEL_NAMES, NUM_STAGES, NUM_WARPS
     options = NUM_WARPS, NUM_STAGES
     grids = []
@@ -181,12 +183,12 @@ def test_token_blocks_are_on_grid_axis_0(monkeypatch, looks_like_cuda):
     out = pola_triton.polarity_linear_attention_triton(q, k, v, power, chunk=256)
     out.backward(torch.ones_like(out))
     assert grids == [
-        ('_key_state_kernel', (3, batch * heads), *options),  # 600 keys / chunk 256
+        ('_key_state_kernel', (batch * heads * 3, ), *options),  # 600 keys / chunk 256
         ('_mixing_kernel', (batch * heads, ), *options),
-        ('_query_output_kernel', (32, batch * heads), *options),  # 1000 queries / 32
-        ('_query_backward_kernel', (4, batch * heads), *options),
+        ('_query_output_kernel', (batch * heads * 32, ), *options),  # 1000 queries / 32
+        ('_query_backward_kernel', (batch * heads * 4, ), *options),
         ('_mixing_backward_kernel', (batch * heads, ), *options),
-        ('_key_backward_kernel', (3, batch * heads), *options),
+        ('_key_backward_kernel', (batch * heads * 3, ), *options),
     ]
 
 

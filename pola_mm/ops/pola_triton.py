@@ -35,9 +35,10 @@ GPU of compute capability 8.0 or later, else in IEEE fp32
 (:func:`~pola_mm.ops.triton_compile.kernel_precision`).
 Head dims must be one of :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS` (those
 that compile within every checked GPU's shared memory); any token count is masked. Each
-program of the token kernels handles one block or chunk of tokens (grid axis 0, up to
-2**31 - 1 programs) of one (batch x head) (grid axis 1, up to 65535); each program of the
-mixing kernels one (batch x head) (grid axis 0). Launches are made on the inputs' device.
+program of the token kernels handles one block or chunk of tokens of one (batch x head),
+each program of the mixing kernels one (batch x head), all on grid axis 0 (up to
+2**31 - 1 programs: no limit on batch x heads short of the tensors' sizes), with 64-bit
+offsets where a workspace may pass 2**31 elements. Launches are made on the inputs' device.
 """
 from contextlib import nullcontext
 from typing import Optional
@@ -107,13 +108,22 @@ def _tile(ptr, bh, num_heads, stride_b, stride_h, stride_n, rows, cols):
             cols[None, :])
 
 
+@triton.jit
+def _token_program(num_tokens, span):
+    """This program's place in a token kernel's grid: one axis of (batch x head) x parts
+    of ``span`` tokens, parts fastest. Returns (program index, batch x head, part), the
+    first two as int64 (for offsets past 2**31 elements)."""
+    index = tl.program_id(0)
+    parts = tl.cdiv(num_tokens, span)
+    return index.to(tl.int64), (index // parts).to(tl.int64), index % parts
+
+
 @triton.jit(do_not_specialize=['activate'])
 def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, chunk,
                       alpha, activate, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
                       stride_vn, D: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """state[bh, c] = sum over the chunk's keys of [k+, k-]^T [v, 1]: (2d, d + 1)."""
-    part = tl.program_id(0)
-    bh = tl.program_id(1)
+    index, bh, part = _token_program(num_keys, chunk)
     cols = tl.arange(0, D)
     power, _ = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     acc_pos = tl.zeros((D, D), dtype=tl.float32)
@@ -134,7 +144,7 @@ def _key_state_kernel(k_ptr, v_ptr, power_ptr, state_ptr, num_keys, num_heads, c
         acc_neg += tl.dot(tl.trans(k_neg), v, input_precision=PRECISION)
         sum_pos += tl.sum(k_pos, axis=0)
         sum_neg += tl.sum(k_neg, axis=0)
-    out = state_ptr + (bh * tl.num_programs(0) + part) * (2 * D * (D + 1))
+    out = state_ptr + index * (2 * D * (D + 1))
     matrix = cols[:, None] * (D + 1) + cols[None, :]
     tl.store(out + matrix, acc_pos)
     tl.store(out + D * (D + 1) + matrix, acc_neg)
@@ -176,7 +186,7 @@ def _mixing_kernel(state_ptr, power_ptr, scale_ptr, mixing_ptr, num_keys, num_he
              [M[:, :d/2], P[:, d/2:], m-, m+]]
 
     with row i of both halves times ``scale_i^-2p_i / n``: a (d, d/2) block at a time."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, D)
     _, _, weight, _, _ = _row_weight(power_ptr, scale_ptr, bh % num_heads, num_keys, alpha,
                                      activate, D)
@@ -215,8 +225,8 @@ def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, nu
                          stride_ob, stride_oh, stride_on, D: tl.constexpr, BLOCK: tl.constexpr,
                          PRECISION: tl.constexpr):
     """out = (Q @ W)[:, :d] / normalisers; also stores the reciprocal normalisers."""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    bh = tl.program_id(1)
+    _, bh, block = _token_program(num_queries, BLOCK)
+    rows = block * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, D)
     row_mask = rows < num_queries
     power, _ = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
@@ -250,8 +260,7 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
 
     The normalisers' gradients need the output in fp32: read where it was stored so,
     recomputed (``Q @ W`` over the normalisers, as forward) where it was stored in half."""
-    part = tl.program_id(0)
-    bh = tl.program_id(1)
+    index, bh, part = _token_program(num_queries, chunk)
     cols = tl.arange(0, D)
     first_half = cols[None, :] < D // 2
     power, power_slope = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
@@ -308,7 +317,6 @@ def _query_backward_kernel(q_ptr, out_ptr, grad_out_ptr, inv_norm_ptr, power_ptr
         tl.store(_tile(grad_q_ptr, bh, num_heads, stride_dqb, stride_dqh, stride_dqn, rows,
                        cols), grad_q.to(grad_q_ptr.dtype.element_ty), mask=mask)
 
-    index = bh * tl.num_programs(0) + part
     out = grad_mixing_ptr + index * (2 * D * (D + 2))
     matrix = cols[:, None] * (D + 2) + cols[None, :]
     tl.store(out + matrix, grad_top)
@@ -340,7 +348,7 @@ def _mixing_backward_kernel(grad_mixing_ptr, state_ptr, power_ptr, scale_ptr, gr
     (2d, d + 1) and, through the row weight ``w = scale^-2p / n``, this (batch x head)'s
     share of d power (``dw * w * -2 log scale``) and d scale (``dw * w * -2p / scale``),
     each by its table."""
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, D)
     power, scale, weight, power_slope, scale_slope = _row_weight(
         power_ptr, scale_ptr, bh % num_heads, num_keys, alpha, activate, D)
@@ -377,8 +385,7 @@ def _key_backward_kernel(k_ptr, v_ptr, power_ptr, grad_state_ptr, grad_k_ptr, gr
                          BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """dk, dv and per-chunk partial d power (by its table) from d state (2d, d + 1),
     already over n; zeros in its row of the d scale partials."""
-    part = tl.program_id(0)
-    bh = tl.program_id(1)
+    _, bh, part = _token_program(num_keys, chunk)
     cols = tl.arange(0, D)
     power, power_slope = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     base = grad_state_ptr + bh * (2 * D * (D + 1))
@@ -448,7 +455,7 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: 
     num_keys = k.shape[2]
     key_chunks = _num_chunks(num_keys, chunk)
     state = q.new_empty(batch * heads, key_chunks, 2 * dims, dims + 1, dtype=torch.float32)
-    _key_state_kernel[(key_chunks, batch * heads)](
+    _key_state_kernel[(batch * heads * key_chunks, )](
         k, v, power32, state, num_keys, heads, chunk, *activation, *_strides(k), *_strides(v),
         D=dims,
         BLOCK=BLOCK_TOKENS, PRECISION=precision, **LAUNCH_OPTIONS)
@@ -460,7 +467,7 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: 
     # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
     out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
     inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
-    _query_output_kernel[(triton.cdiv(num_queries, BLOCK_TOKENS), batch * heads)](
+    _query_output_kernel[(batch * heads * triton.cdiv(num_queries, BLOCK_TOKENS), )](
         q, power32, mixing, out, inv_norm, num_queries, heads, eps, *activation, *_strides(q),
         *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision, **LAUNCH_OPTIONS)
     return out, key_state, mixing, inv_norm
@@ -484,7 +491,7 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32:
     grad_q = torch.empty_like(q)
     grad_mixing = q.new_empty(batch * heads, query_chunks, 2 * dims, dims + 2,
                               dtype=torch.float32)
-    _query_backward_kernel[(query_chunks, batch * heads)](
+    _query_backward_kernel[(batch * heads * query_chunks, )](
         q, out, grad_out, inv_norm, power32, mixing, grad_q, grad_mixing, grad_power,
         grad_scale, num_queries, heads, chunk, *activation, grad_power.stride(0),
         *_strides(q), *_strides(out),
@@ -499,7 +506,7 @@ def _backward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32:
 
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
-    _key_backward_kernel[(key_chunks, batch * heads)](
+    _key_backward_kernel[(batch * heads * key_chunks, )](
         k, v, power32, grad_state, grad_k, grad_v, grad_power[:, query_chunks + 1:],
         grad_scale[:, query_chunks + 1:], num_keys, heads, chunk, *activation,
         grad_power.stride(0), *_strides(k), *_strides(v), *_strides(grad_k),
