@@ -276,8 +276,13 @@ def test_rotated_products_depend_on_offsets_only():
     torch.testing.assert_close(product(0, 1 * 6 + 2), product(3 * 6 + 1, 4 * 6 + 3))
 
 
-def test_tables_stay_float32_in_a_half_model():
-    table = RotaryTable(8).half()
-    cos, _ = table((3000, 1))
-    assert cos.dtype == torch.float32
-    torch.testing.assert_close(cos[2999, 0], torch.cos(torch.tensor(2999.)))
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_tables_stay_float32_in_a_half_model(dtype):
+    """Neither the positions nor the frequencies (a buffer, cast with the module) are
+    rounded: the tables equal a float32 module's."""
+    table = RotaryTable(192)
+    expected = table.axes((3000, 336))
+    tables = table.to(dtype).axes((3000, 336))
+    assert all(t.dtype == torch.float32 for t in tables)
+    for ours, theirs in zip(tables, expected):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
