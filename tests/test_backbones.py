@@ -224,6 +224,9 @@ def test_bad_arch_is_named(cls, arch, message):
     (dict(out_indices=(0, 4)), 'out_indices must be ints in'),
     (dict(frozen_stages=5), 'frozen_stages must be an int in'),
     (dict(pretrain_img_size=100), 'must be a multiple of 32'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate must be a number in \[0, 1\), got -0.1'),
+    (dict(drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\), got 1.5'),
+    (dict(drop_path_rate='0.1'), r"drop_path_rate must be a number in \[0, 1\), got '0.1'"),
 ])
 def test_bad_options_are_named(kwargs, message):
     for cls, arch in ((PolaSwinTransformer, TINY_SWIN), (PolaPVT, TINY_PVT)):

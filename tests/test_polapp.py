@@ -179,6 +179,13 @@ def test_bad_arch_is_named(arch, error):
         PolaPP(arch)
 
 
+@pytest.mark.parametrize('rate', [-0.1, 1.])
+def test_bad_drop_path_rate_is_named(rate):
+    message = rf'drop_path_rate must be a number in \[0, 1\), got {rate}'
+    with pytest.raises(ValueError, match=message):
+        PolaPP(TINY, drop_path_rate=rate)
+
+
 def test_bad_images_are_named():
     model = tiny().eval()
     with pytest.raises(ValueError, match='3-channel'):

@@ -1,6 +1,7 @@
 """The base class, argument checks and helpers shared by the Pola backbones."""
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
@@ -169,6 +170,15 @@ def check_frozen_stages(frozen_stages: int, num_stages: int) -> int:
         raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], '
                          f'got {frozen_stages!r}')
     return frozen_stages
+
+
+def stochastic_depth_rates(drop_path_rate: float, depths: Sequence[int]) -> List[float]:
+    """The drop-path rate of each block, rising linearly from 0 to ``drop_path_rate``
+    over ``sum(depths)`` blocks; the rate must lie in [0, 1)."""
+    if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) or \
+            not 0 <= drop_path_rate < 1:
+        raise ValueError(f'drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}')
+    return torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
 
 
 def check_image(x: Tensor, min_size: int) -> None:

@@ -8,7 +8,7 @@ from ..ops.token_grid import resize_token_grid
 from ..registry import register_backbone
 from ..variants import ARCHS, PVT
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
-                             parse_arch)
+                             parse_arch, stochastic_depth_rates)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
@@ -94,7 +94,7 @@ class PolaPVT(PolaBackbone):
         if pretrain_img_size % 32:
             raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of 32')
 
-        block_rates = torch.linspace(0, drop_path_rate, sum(arch['depths'])).tolist()
+        block_rates = stochastic_depth_rates(drop_path_rate, arch['depths'])
         self.pos_drop = nn.Dropout(drop_rate)
         in_dims, grid = in_channels, pretrain_img_size
         self.pos_grids = []  # pretraining grid side of each stage's pos_embed

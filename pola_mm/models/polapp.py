@@ -1,7 +1,6 @@
 """PolaFormer++ (PolaPP b0-b5) as a dense-prediction and classification backbone."""
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -9,7 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..registry import register_backbone
 from ..variants import ARCHS, POLAPP, RELEASED
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
-                             parse_arch)
+                             parse_arch, stochastic_depth_rates)
 from .polapp_blocks import ChannelLayerNorm, ConvStem, Downsample, PolaPPBlock, PolaPPStage
 
 #: stochastic depth of each released arch (the authors' values, hard-coded in their code)
@@ -110,7 +109,7 @@ class PolaPP(PolaBackbone):
 
         dims = arch['embed_dims']
         self.patch_embed = ConvStem(in_channels, dims[0], norm_cfg)
-        rates = torch.linspace(0, drop_path_rate, sum(arch['depths']), device='cpu').tolist()
+        rates = stochastic_depth_rates(drop_path_rate, arch['depths'])
         self.layers = nn.ModuleList()
         for i, depth in enumerate(arch['depths']):
             first = sum(arch['depths'][:i])
