@@ -4,8 +4,10 @@
 # `load_from` takes the released file as it is: the hook converts the official key layout
 # (backbone + `head.*`) into this classifier's (`backbone.*`, `head.fc.*`) and rejects a
 # file of another architecture. The optimiser and schedule are mmpretrain's Swin ImageNet
-# recipe (AdamW, lr 1e-3 at batch 1024, cosine, 300 epochs), which the official code follows,
-# with label smoothing 0.1 (the model bases); the recipe's Mixup and CutMix are not set, and
+# recipe (AdamW, lr 1e-3 at batch 1024, cosine, 300 epochs), which PolaFormer's code follows
+# (PolaFormer++ b3's too; b4 and b5 were trained with other warm-up, clipping and lr, and
+# every PolaFormer++ model with EMA), with label smoothing 0.1 (the model bases); the
+# recipe's Mixup and CutMix are not set, and
 # `load_from` starts from the released weights: these configs evaluate, they do not
 # pretrain.
 _base_ = [
