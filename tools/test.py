@@ -25,6 +25,7 @@ import copy
 import os
 import os.path as osp
 import warnings
+from typing import Optional
 
 from mmengine.config import Config, ConfigDict, DictAction
 
@@ -160,7 +161,7 @@ def add_default_det_tta(cfg: Config) -> None:
         cfg.tta_pipeline = flip_tta_pipeline(cfg, 'PackDetInputs', DEFAULT_DET_TTA_PACK)
 
 
-def flip_tta_pipeline(cfg: Config, pack: str, packing: dict = None) -> list:
+def flip_tta_pipeline(cfg: Config, pack: str, packing: Optional[dict] = None) -> list:
     """The default TTA pipeline of MMDetection's and MMPretrain's ``tools/test.py``: the
     test pipeline, its last transform (``pack``) run on each image flipped horizontally
     and not (``packing`` instead of it, if given).
