@@ -16,12 +16,13 @@ from pola_mm.ops.pola_triton import _divisors, _exponents
 from triton_interpreter import run_under_interpreter
 
 # (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
-# several chunks per reduction (chunk 32 with 97 tokens), every supported head dim (16,
+# several chunks per reduction (chunk 32 with 97 tokens, chunks of one block: 16 with 45),
+# every supported head dim (16,
 # 32 as Swin, 64 as PVT), and inputs that are views of (B, L, h*d) maps with a per-channel
 # scale ('interleaved'), as the layers pass them
 CASES = [(2, 3, 33, 33, 32, 1024, 'interleaved'), (1, 2, 1, 7, 32, 32, 'contiguous'),
          (1, 1, 97, 70, 64, 32, 'contiguous'), (2, 2, 7, 33, 64, 32, 'interleaved'),
-         (1, 4, 40, 3, 32, 1024, 'contiguous'), (1, 2, 19, 45, 16, 32, 'interleaved')]
+         (1, 4, 40, 3, 32, 1024, 'contiguous'), (1, 2, 19, 45, 16, 16, 'interleaved')]
 # q, k, v dtypes; 'autocast': bf16 q and v and fp32 k (the bf16 projection plus the fp32
 # positional encoding), as bf16 autocast hands them to the core
 DTYPES = {'float32': (torch.float32, ) * 3, 'bfloat16': (torch.bfloat16, ) * 3,
@@ -349,7 +350,7 @@ def test_triton_path_refuses_cpu_tensors_without_interpreter():
 
 
 @pytest.mark.parametrize('dims,chunk,match', [(24, 1024, 'head dims'), (128, 1024, 'head dims'),
-                                              (32, 48, 'chunk')])
+                                              (32, 40, 'chunk')])
 def test_triton_path_refuses_unsupported_arguments(dims, chunk, match):
     from pola_mm.ops.pola_triton import polarity_linear_attention_triton
     q = torch.randn(1, 1, 4, dims)

@@ -164,15 +164,16 @@ class _Launcher:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.grids.append((self.name, grid, kwargs['num_warps'], kwargs['num_stages']))
+            self.grids.append((self.name, grid, kwargs['num_warps'], kwargs['num_stages'],
+                               kwargs['maxnreg']))
         return launch
 
 
 def test_every_launch_is_on_grid_axis_0_alone(monkeypatch, looks_like_cuda):
     """(batch x head) shares axis 0 with the token parts: axes 1 and 2 allow only 65535
     blocks, which would cap batch x heads."""
-    from pola_mm.ops.triton_compile import KERNEL_NAMES, NUM_STAGES, NUM_WARPS
-    options = NUM_WARPS, NUM_STAGES
+    from pola_mm.ops.triton_compile import KERNEL_NAMES, MAX_REGISTERS, NUM_STAGES, NUM_WARPS
+    options = NUM_WARPS, NUM_STAGES, MAX_REGISTERS
     grids = []
     for name in KERNEL_NAMES:
         monkeypatch.setattr(pola_triton, name, _Launcher(name, grids))
@@ -185,7 +186,7 @@ def test_every_launch_is_on_grid_axis_0_alone(monkeypatch, looks_like_cuda):
     assert grids == [
         ('_key_state_kernel', (batch * heads * 3, ), *options),  # 600 keys / chunk 256
         ('_mixing_kernel', (batch * heads, ), *options),
-        ('_query_output_kernel', (batch * heads * 32, ), *options),  # 1000 queries / 32
+        ('_query_output_kernel', (batch * heads * 63, ), *options),  # 1000 queries / 16
         ('_query_backward_kernel', (batch * heads * 4, ), *options),
         ('_mixing_backward_kernel', (batch * heads, ), *options),
         ('_key_backward_kernel', (batch * heads * 3, ), *options),

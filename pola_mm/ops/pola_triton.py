@@ -608,7 +608,8 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
         v (Tensor): (B, h, n, d) values.
         power (Tensor): (1, h, 1, d) exponents (>= 1).
         eps (float): normaliser epsilon.
-        chunk (int): tokens reduced by one program (a multiple of 32); smaller gives more
+        chunk (int): tokens reduced by one program (a multiple of
+            :data:`~pola_mm.ops.triton_compile.BLOCK_TOKENS`); smaller gives more
             parallelism over tokens, larger fewer partial sums.
         out_dtype (torch.dtype, optional): dtype of the result (default q's).
         guard (optional): told of the backward kernels' outcome, as

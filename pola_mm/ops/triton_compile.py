@@ -10,7 +10,7 @@ Triton compiles ahead of time for a named target on a machine without a GPU
 ``ptxas`` that ships with it, so CI checks every kernel at every supported head dim and
 product precision (:func:`compile_kernel`): it must compile, and its shared memory must fit
 the largest block allocation of every architecture of :data:`MAX_SHARED_BYTES`. Head dim
-128 does not fit (``_key_backward_kernel`` needs 327,680 bytes with TF32 products, more
+128 does not fit (``_key_backward_kernel`` needs 311,296 bytes with TF32 products, more
 than any GPU offers a block), hence :data:`SUPPORTED_HEAD_DIMS`.
 
 Nothing here imports Triton until a kernel is compiled, so the dispatcher can read it on
@@ -31,16 +31,22 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64)
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: ``tl.dot`` input precisions the dispatcher may choose.
 PRECISIONS = ('ieee', 'tf32')
-#: Tokens per block (rows of each ``tl.dot`` tile), warps per program and software
-#: pipeline stages of the token loops (tiles of the next blocks loaded while this one is
-#: computed; Triton's default of 3 buffers fp32 tiles three times, and at head dim 64
-#: ``_key_backward_kernel`` with TF32 products on fp32 inputs then needs 112 KB of shared
-#: memory, more than the 99 KB of sm_86/89/120; with 2 it needs 96 KB).
-BLOCK_TOKENS = 32
-NUM_WARPS = 4
-NUM_STAGES = 2
+#: Tokens per block (rows of each ``tl.dot`` tile), warps per program, software pipeline
+#: stages of the token loops (tiles of the next blocks loaded while this one is computed;
+#: Triton's default) and the most registers a thread may use. With IEEE products ``tl.dot``
+#: runs on the FMA units and each thread holds whole 64-wide rows and columns of its
+#: operands: at 32-token blocks over 4 warps with no register limit ``ptxas`` gave the
+#: backward kernels 32 registers and a stack (sm_90: ``_query_backward_kernel`` spilled
+#: 45 KB at head dim 64, 10 KB at head dim 32). 16-token blocks over 16 warps, each thread
+#: held to 128 registers (the most 512 threads may have), spill at most a few hundred bytes
+#: in any build, and the largest (``_key_backward_kernel`` at head dim 64, TF32 products on
+#: fp32 inputs) needs 88 KB of shared memory, within the 99 KB of sm_86/89/120.
+BLOCK_TOKENS = 16
+NUM_WARPS = 16
+NUM_STAGES = 3
+MAX_REGISTERS = 128
 #: The launch options of every kernel, as the launches and the compile check pass them.
-LAUNCH_OPTIONS = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+LAUNCH_OPTIONS = dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES, maxnreg=MAX_REGISTERS)
 #: The six kernels of :mod:`.pola_triton`.
 KERNEL_NAMES = ('_key_state_kernel', '_mixing_kernel', '_query_output_kernel',
                 '_query_backward_kernel', '_mixing_backward_kernel', '_key_backward_kernel')
@@ -193,8 +199,7 @@ def _assemble(ptx: str, capability: int) -> Tuple[int, int]:
 
 
 def compile_kernel(kernel: str, head_dims: int, precision: str, capability: int,
-                   dtype: str = 'float32', assemble: bool = False,
-                   num_warps: int = NUM_WARPS) -> KernelBuild:
+                   dtype: str = 'float32', assemble: bool = False) -> KernelBuild:
     """Compile one kernel ahead of time for ``sm_<capability>`` (no GPU needed).
 
     Args:
@@ -229,7 +234,7 @@ def compile_kernel(kernel: str, head_dims: int, precision: str, capability: int,
     knobs.runtime.add_stages_inspection_hook = _stop_after('ptx' if assemble else 'llir')
     try:
         triton.compile(source, target=GPUTarget('cuda', capability, 32),
-                       options=dict(LAUNCH_OPTIONS, num_warps=num_warps))
+                       options=LAUNCH_OPTIONS)
     except _StopCompile as stopped:
         module, metadata = stopped.module, stopped.metadata
     else:
