@@ -131,6 +131,26 @@ def test_gpu_check_explains_itself_and_needs_cuda(tmp_path):
     assert not out_file.exists()  # nothing else was done
 
 
+def test_gpu_check_report_names_the_device_and_the_kernel_launch(tmp_path):
+    """The report's header as a GPU run writes it (CUDA queries stood in for, every check
+    skipped): device, capability, versions and the kernels' launch options, so figures
+    measured on a GPU can be traced to the launch options they were measured with."""
+    import gpu_check
+
+    from pola_mm.ops.triton_compile import BLOCK_TOKENS, LAUNCH_OPTIONS
+    out_file = tmp_path / 'gpu_check.json'
+    with mock.patch.object(torch.cuda, 'is_available', return_value=True), \
+            mock.patch.object(torch.cuda, 'current_device', return_value=0), \
+            mock.patch.object(torch.cuda, 'get_device_name', return_value='NVIDIA H200'), \
+            mock.patch.object(torch.cuda, 'get_device_capability', return_value=(9, 0)):
+        code = gpu_check.main(['--json', str(out_file), '--skip', *gpu_check.CHECKS])
+    assert code == 0
+    report = json.loads(out_file.read_text())
+    assert report['device'] == 'NVIDIA H200' and report['capability'] == '9.0'
+    assert report['kernel_launch'] == dict(LAUNCH_OPTIONS, block_tokens=BLOCK_TOKENS)
+    assert report['checks'] == {}
+
+
 def test_gpu_check_focal_loss_stands_in_for_missing_cuda_ops():
     """The training check's focal loss on GPU tensors: with an mmcv built without CUDA ops
     (this machine's), mmdet's CUDA-op entry is replaced, inside the context only, by the

@@ -288,9 +288,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     device = torch.device('cuda', torch.cuda.current_device())
     import triton
+
+    from pola_mm.ops.triton_compile import BLOCK_TOKENS, LAUNCH_OPTIONS
     report = {'device': torch.cuda.get_device_name(device),
               'capability': '.'.join(map(str, torch.cuda.get_device_capability(device))),
-              'torch': torch.__version__, 'triton': triton.__version__, 'checks': {}}
+              'torch': torch.__version__, 'triton': triton.__version__,
+              'kernel_launch': dict(LAUNCH_OPTIONS, block_tokens=BLOCK_TOKENS), 'checks': {}}
+    write_report(report, args.json)  # the device is on record even if a check kills Python
     with tempfile.TemporaryDirectory() as work_dir:
         runs = {'kernels': lambda: check_kernels(device),
                 'backbones': lambda: check_backbones(device),
@@ -311,7 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             report['checks'][name] = result
             write_report(report, args.json)  # what is done survives a later time-out
     lines = [f"{report['device']} (sm {report['capability']}), torch {report['torch']}, "
-             f"triton {report['triton']}", '', '| check | result | figure | s |',
+             f"triton {report['triton']}, kernel launch {report['kernel_launch']}", '',
+             '| check | result | figure | s |',
              '|---|---|---|---:|']
     for name, result in report['checks'].items():
         lines.append(f"| {name} | {'pass' if result['passed'] else 'FAIL'} | "
