@@ -200,6 +200,27 @@ def test_gpu_check_kernel_check_runs_in_the_interpreter():
     assert 0 < result['settings']['ieee fp32 d16']['error'] < 1e-4
 
 
+def test_gpu_check_backbone_comparison_runs_on_cpu(monkeypatch):
+    """The backbone checks' comparison on CPU, one small released model per family at
+    64 x 64, 'torch' against 'reference' (the PolaFormer++ check's pairing): every model
+    compared, two different paths (an error above 0, as a path compared with itself
+    would not give), within the bar."""
+    import dataclasses
+
+    from gpu_check import BACKBONE_TOLERANCE, compare_backbones
+
+    from pola_mm import variants
+    small = tuple(dataclasses.replace(variants.released_model(name), img_size=64)
+                  for name in ('pola_swin_tiny', 'pola_pvt_tiny', 'polapp_b0'))
+    monkeypatch.setattr(variants, 'RELEASED', small)
+    result = compare_backbones(torch.device('cpu'), tuple(model.family for model in small),
+                               ('torch', 'reference'),
+                               ('attn.power', 'attn.scale', 'attn.s1', 'attn.s2'))
+    assert sorted(result['models']) == sorted(model.name for model in small)
+    assert all(0 < r['error'] < BACKBONE_TOLERANCE for r in result['models'].values())
+    assert result['passed'] and 'worst relative error' in result['figure']
+
+
 def test_gpu_check_training_runs_its_detector(tmp_path):
     """The training check's own code, run on CPU (mmengine's AMP wrapper allowed there):
     the demo detector trains with bf16 autocast, every iteration's loss is recorded and
