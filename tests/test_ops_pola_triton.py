@@ -17,9 +17,8 @@ from triton_interpreter import run_under_interpreter
 
 # (batch, heads, queries N, keys n, head dims d, chunk, layout): odd token counts, n != N,
 # several chunks per reduction (chunk 32 with 97 tokens, chunks of one block: 16 with 45),
-# every supported head dim (16,
-# 32 as Swin, 64 as PVT), and inputs that are views of (B, L, h*d) maps with a per-channel
-# scale ('interleaved'), as the layers pass them
+# every supported head dim (16, 32 as Swin, 64 as PVT), and inputs that are views of
+# (B, L, h*d) maps with a per-channel scale ('interleaved'), as the layers pass them
 CASES = [(2, 3, 33, 33, 32, 1024, 'interleaved'), (1, 2, 1, 7, 32, 32, 'contiguous'),
          (1, 1, 97, 70, 64, 32, 'contiguous'), (2, 2, 7, 33, 64, 32, 'interleaved'),
          (1, 4, 40, 3, 32, 1024, 'contiguous'), (1, 2, 19, 45, 16, 16, 'interleaved')]

@@ -28,8 +28,8 @@ PRODUCT_KERNELS = ('_key_state_kernel', '_query_output_kernel', '_query_backward
 # to 32 registers and a stack of tens of KB (as 32-token blocks over 4 warps did with IEEE
 # products), which this catches.
 MAX_SPILL_BYTES = 1024
-# head dims of the released models (Pola-Swin and PolaFormer++ b0/b1: 32; Pola-PVT and
-# PolaFormer++ b2-b5: 64), whose builds the default run assembles for H100/H200
+# head dims of the released models the kernels run (Pola-Swin: 32, Pola-PVT: 64;
+# PolaFormer++ has a core of its own), whose builds the default run assembles for H100/H200
 RELEASED_HEAD_DIMS = (32, 64)
 
 

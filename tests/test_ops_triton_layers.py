@@ -13,7 +13,7 @@ import torch
 
 from triton_interpreter import run_under_interpreter
 
-# a small odd grid: 35 tokens = one full and one partial block of 32
+# a small odd grid: 35 tokens = two full blocks of 16 and a partial one
 LAYER_GRID = (5, 7)
 BACKBONE_INPUT = (64, 96)  # stage grids 16x24, 8x12, 4x6, 2x3
 TOLERANCE = {'fp32': 1e-4, 'bf16': 2e-2}
