@@ -186,7 +186,7 @@ def test_every_launch_is_on_grid_axis_0_alone(monkeypatch, looks_like_cuda):
     assert grids == [
         ('_key_state_kernel', (batch * heads * 3, ), *options),  # 600 keys / chunk 256
         ('_mixing_kernel', (batch * heads, ), *options),
-        ('_query_output_kernel', (batch * heads * 63, ), *options),  # 1000 queries / 16
+        ('_query_output_kernel', (batch * heads * 4, ), *options),  # 1000 queries / 256
         ('_query_backward_kernel', (batch * heads * 4, ), *options),
         ('_mixing_backward_kernel', (batch * heads, ), *options),
         ('_key_backward_kernel', (batch * heads * 3, ), *options),

@@ -35,10 +35,11 @@ GPU of compute capability 8.0 or later, else in IEEE fp32
 (:func:`~pola_mm.ops.triton_compile.kernel_precision`).
 Head dims must be one of :data:`~pola_mm.ops.triton_compile.SUPPORTED_HEAD_DIMS` (those
 that compile within every checked GPU's shared memory); any token count is masked. Each
-program of the token kernels handles one block or chunk of tokens of one (batch x head),
-each program of the mixing kernels one (batch x head), all on grid axis 0 (up to
-2**31 - 1 programs: no limit on batch x heads short of the tensors' sizes), with 64-bit
-offsets where a workspace may pass 2**31 elements. Launches are made on the inputs' device.
+program of the token kernels handles one chunk of tokens of one (batch x head), a block at
+a time (the query kernels read ``W`` once per chunk), each program of the mixing kernels
+one (batch x head), all on grid axis 0 (up to 2**31 - 1 programs: no limit on batch x
+heads short of the tensors' sizes), with 64-bit offsets where a workspace may pass 2**31
+elements. Launches are made on the inputs' device.
 """
 from contextlib import nullcontext
 from typing import Optional
@@ -221,31 +222,33 @@ def _load_mixing(mixing_ptr, bh, D: tl.constexpr):
 
 @triton.jit(do_not_specialize=['activate'])
 def _query_output_kernel(q_ptr, power_ptr, mixing_ptr, out_ptr, inv_norm_ptr, num_queries,
-                         num_heads, eps, alpha, activate, stride_qb, stride_qh, stride_qn,
-                         stride_ob, stride_oh, stride_on, D: tl.constexpr, BLOCK: tl.constexpr,
-                         PRECISION: tl.constexpr):
-    """out = (Q @ W)[:, :d] / normalisers; also stores the reciprocal normalisers."""
-    _, bh, block = _token_program(num_queries, BLOCK)
-    rows = block * BLOCK + tl.arange(0, BLOCK)
+                         num_heads, chunk, eps, alpha, activate, stride_qb, stride_qh,
+                         stride_qn, stride_ob, stride_oh, stride_on, D: tl.constexpr,
+                         BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """out = (Q @ W)[:, :d] / normalisers over the chunk's queries, a block at a time (W
+    is read once per chunk); also stores the reciprocal normalisers."""
+    _, bh, part = _token_program(num_queries, chunk)
     cols = tl.arange(0, D)
-    row_mask = rows < num_queries
     power, _ = _exponents(power_ptr, bh % num_heads, alpha, activate, D)
     top, bottom, top_sim, top_opp, bottom_sim, bottom_opp = _load_mixing(mixing_ptr, bh, D)
-    q = tl.load(_tile(q_ptr, bh, num_heads, stride_qb, stride_qh, stride_qn, rows, cols),
-                mask=row_mask[:, None], other=0.).to(tl.float32)
-    magnitude = _polarity_features(q, power)
-    q_pos = tl.where(q > 0, magnitude, 0.)
-    q_neg = tl.where(q < 0, magnitude, 0.)
-    numerator = tl.dot(q_pos, top, input_precision=PRECISION)
-    numerator = tl.dot(q_neg, bottom, numerator, input_precision=PRECISION)
-    inv_sim = 1. / (tl.sum(q_pos * top_sim[None, :] + q_neg * bottom_sim[None, :], 1) + eps)
-    inv_opp = 1. / (tl.sum(q_pos * top_opp[None, :] + q_neg * bottom_opp[None, :], 1) + eps)
-    out = numerator * tl.where(cols[None, :] < D // 2, inv_sim[:, None], inv_opp[:, None])
-    tl.store(_tile(out_ptr, bh, num_heads, stride_ob, stride_oh, stride_on, rows, cols),
-             out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
-    norm_offsets = (bh * num_queries + rows) * 2
-    tl.store(inv_norm_ptr + norm_offsets, inv_sim, mask=row_mask)
-    tl.store(inv_norm_ptr + norm_offsets + 1, inv_opp, mask=row_mask)
+    for start in range(part * chunk, tl.minimum(part * chunk + chunk, num_queries), BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        row_mask = rows < num_queries
+        q = tl.load(_tile(q_ptr, bh, num_heads, stride_qb, stride_qh, stride_qn, rows, cols),
+                    mask=row_mask[:, None], other=0.).to(tl.float32)
+        magnitude = _polarity_features(q, power)
+        q_pos = tl.where(q > 0, magnitude, 0.)
+        q_neg = tl.where(q < 0, magnitude, 0.)
+        numerator = tl.dot(q_pos, top, input_precision=PRECISION)
+        numerator = tl.dot(q_neg, bottom, numerator, input_precision=PRECISION)
+        inv_sim = 1. / (tl.sum(q_pos * top_sim[None, :] + q_neg * bottom_sim[None, :], 1) + eps)
+        inv_opp = 1. / (tl.sum(q_pos * top_opp[None, :] + q_neg * bottom_opp[None, :], 1) + eps)
+        out = numerator * tl.where(cols[None, :] < D // 2, inv_sim[:, None], inv_opp[:, None])
+        tl.store(_tile(out_ptr, bh, num_heads, stride_ob, stride_oh, stride_on, rows, cols),
+                 out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
+        norm_offsets = (bh * num_queries + rows) * 2
+        tl.store(inv_norm_ptr + norm_offsets, inv_sim, mask=row_mask)
+        tl.store(inv_norm_ptr + norm_offsets + 1, inv_opp, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=['activate'])
@@ -467,9 +470,10 @@ def _forward_kernels(q: Tensor, k: Tensor, v: Tensor, power32: Tensor, scale32: 
     # (B, N, h, d) memory: merging the heads back into (B, N, C) costs no copy
     out = q.new_empty(batch, num_queries, heads, dims, dtype=out_dtype).transpose(1, 2)
     inv_norm = q.new_empty(batch * heads, num_queries, 2, dtype=torch.float32)
-    _query_output_kernel[(batch * heads * triton.cdiv(num_queries, BLOCK_TOKENS), )](
-        q, power32, mixing, out, inv_norm, num_queries, heads, eps, *activation, *_strides(q),
-        *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision, **LAUNCH_OPTIONS)
+    _query_output_kernel[(batch * heads * _num_chunks(num_queries, chunk), )](
+        q, power32, mixing, out, inv_norm, num_queries, heads, chunk, eps, *activation,
+        *_strides(q), *_strides(out), D=dims, BLOCK=BLOCK_TOKENS, PRECISION=precision,
+        **LAUNCH_OPTIONS)
     return out, key_state, mixing, inv_norm
 
 
@@ -608,9 +612,10 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
         v (Tensor): (B, h, n, d) values.
         power (Tensor): (1, h, 1, d) exponents (>= 1).
         eps (float): normaliser epsilon.
-        chunk (int): tokens reduced by one program (a multiple of
+        chunk (int): tokens handled by one program of each token kernel (a multiple of
             :data:`~pola_mm.ops.triton_compile.BLOCK_TOKENS`); smaller gives more
-            parallelism over tokens, larger fewer partial sums.
+            parallelism over tokens, larger fewer partial sums and fewer reads of the
+            mixing matrices.
         out_dtype (torch.dtype, optional): dtype of the result (default q's).
         guard (optional): told of the backward kernels' outcome, as
             ``guard.passed('backward')`` or ``guard.failed(error, 'backward')``; the latter
