@@ -1,4 +1,6 @@
 """Backbone behaviour: layouts, any input size, the mmdet-style API and bad input."""
+import re
+
 import pytest
 import torch
 
@@ -227,11 +229,20 @@ def test_bad_arch_is_named(cls, arch, message):
     (dict(drop_path_rate=-0.1), r'drop_path_rate must be a number in \[0, 1\), got -0.1'),
     (dict(drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\), got 1.5'),
     (dict(drop_path_rate='0.1'), r"drop_path_rate must be a number in \[0, 1\), got '0.1'"),
+    (dict(in_channels=0), 'in_channels must be a positive int, got 0'),
+    (dict(in_channels=True), 'in_channels must be a positive int, got True'),
 ])
 def test_bad_options_are_named(kwargs, message):
     for cls, arch in ((PolaSwinTransformer, TINY_SWIN), (PolaPVT, TINY_PVT)):
         with pytest.raises(ValueError, match=message):
             cls(arch, **kwargs)
+
+
+@pytest.mark.parametrize('ratio', [0, 0.001, -4., '4'])
+def test_swin_mlp_ratio_leaving_no_hidden_channel_is_named(ratio):
+    message = f'MLP of 16-channel blocks at least one hidden channel, got {ratio!r}'
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PolaSwinTransformer(TINY_SWIN, mlp_ratio=ratio)
 
 
 def test_swin_attn_types_must_be_l_or_s():

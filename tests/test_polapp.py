@@ -173,10 +173,18 @@ def test_bf16_autocast_is_finite():
     (dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1]), 'malformed arch'),
     (dict(TINY, num_heads=[1, 16, 2, 4]), 'multiple of 4'),
     (dict(TINY, layer_scale_init=[1, 1, 1]), 'layer_scale_init'),
+    (dict(TINY, mlp_ratio=0.01), 'MLP of 16-channel blocks at least one hidden channel'),
+    (dict(TINY, mlp_ratio='3.5'), "at least one hidden channel, got '3.5'"),
 ])
 def test_bad_arch_is_named(arch, error):
     with pytest.raises(ValueError, match=error):
         PolaPP(arch)
+
+
+@pytest.mark.parametrize('channels', [0, -1, 2.5])
+def test_bad_in_channels_is_named(channels):
+    with pytest.raises(ValueError, match=f'in_channels must be a positive int, got {channels}'):
+        PolaPP(TINY, in_channels=channels)
 
 
 @pytest.mark.parametrize('rate', [-0.1, 1.])

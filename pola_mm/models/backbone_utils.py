@@ -155,6 +155,24 @@ def parse_arch(arch_zoo: Dict[str, Dict], arch: Union[str, Dict], per_stage: Seq
     return parsed
 
 
+def check_in_channels(in_channels: int) -> int:
+    """``in_channels`` if it is a positive int, else a ValueError naming it."""
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels <= 0:
+        raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
+    return in_channels
+
+
+def mlp_hidden_dims(embed_dims: int, mlp_ratio: float) -> int:
+    """Hidden channels ``int(embed_dims * mlp_ratio)`` of a block's MLP; a ValueError names an
+    ``mlp_ratio`` that is no number or leaves the MLP no hidden channel."""
+    hidden = (int(embed_dims * mlp_ratio) if isinstance(mlp_ratio, (int, float)) and
+              not isinstance(mlp_ratio, bool) else 0)
+    if hidden < 1:
+        raise ValueError(f'mlp_ratio must be a number giving the MLP of {embed_dims}-channel '
+                         f'blocks at least one hidden channel, got {mlp_ratio!r}')
+    return hidden
+
+
 def check_out_indices(out_indices: Sequence[int], num_stages: int) -> Tuple[int, ...]:
     """Validated, sorted tuple of output stage indices."""
     if isinstance(out_indices, int):

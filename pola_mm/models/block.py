@@ -5,6 +5,8 @@ import torch.utils.checkpoint as cp
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
+from .backbone_utils import mlp_hidden_dims
+
 
 class PreNormBlock(nn.Module):
     """``x + DropPath(attn(norm1(x), hw))`` then ``x + DropPath(mlp(norm2(x)))``.
@@ -28,7 +30,7 @@ class PreNormBlock(nn.Module):
         self.attn = attn
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
-        self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop_rate)
+        self.mlp = Mlp(embed_dims, mlp_hidden_dims(embed_dims, mlp_ratio), drop=drop_rate)
 
     def _forward(self, x: Tensor, hw_shape: Tuple[int, int]) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))

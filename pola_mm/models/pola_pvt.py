@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from ..ops.token_grid import resize_token_grid
 from ..registry import register_backbone
 from ..variants import ARCHS, PVT
-from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
-                             parse_arch, stochastic_depth_rates)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_in_channels,
+                             check_out_indices, parse_arch, stochastic_depth_rates)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
@@ -96,7 +96,7 @@ class PolaPVT(PolaBackbone):
 
         block_rates = stochastic_depth_rates(drop_path_rate, arch['depths'])
         self.pos_drop = nn.Dropout(drop_rate)
-        in_dims, grid = in_channels, pretrain_img_size
+        in_dims, grid = check_in_channels(in_channels), pretrain_img_size
         self.pos_grids = []  # pretraining grid side of each stage's pos_embed
         for s in range(self.num_stages):
             dims, depth = arch['embed_dims'][s], arch['depths'][s]

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from ..registry import register_backbone
 from ..variants import ARCHS, SWIN
-from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
-                             parse_arch, stochastic_depth_rates)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_in_channels,
+                             check_out_indices, parse_arch, stochastic_depth_rates)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed, padding_to_multiple
 from .pola_attention import PolaLinearAttention
@@ -142,7 +142,7 @@ class PolaSwinTransformer(PolaBackbone):
             raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of '
                              f'{patch_size * 8}')
 
-        self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
+        self.patch_embed = PatchEmbed(check_in_channels(in_channels), embed_dims, patch_size)
         block_rates = stochastic_depth_rates(drop_path_rate, arch['depths'])
         self.layers = nn.ModuleList()
         for i, (depth, heads) in enumerate(zip(arch['depths'], arch['num_heads'])):

@@ -7,8 +7,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import register_backbone
 from ..variants import ARCHS, POLAPP, RELEASED
-from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_out_indices,
-                             parse_arch, stochastic_depth_rates)
+from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_in_channels,
+                             check_out_indices, parse_arch, stochastic_depth_rates)
 from .polapp_blocks import ChannelLayerNorm, ConvStem, Downsample, PolaPPBlock, PolaPPStage
 
 #: stochastic depth of each released arch (the authors' values, hard-coded in their code)
@@ -95,12 +95,9 @@ class PolaPP(PolaBackbone):
                 or not all(isinstance(s, (int, float)) and s > 0 for s in scales)):
             raise ValueError(f"malformed arch dict: 'layer_scale_init' must be "
                              f'{self.num_stages} positive numbers, got {scales!r}')
-        if not isinstance(mlp_ratio, (int, float)) or mlp_ratio <= 0:
-            raise ValueError(f"malformed arch dict: 'mlp_ratio' must be a positive number, "
-                             f'got {mlp_ratio!r}')
         self.arch = arch
         self.num_features = list(arch['embed_dims'])
-        self.in_channels = in_channels
+        self.in_channels = check_in_channels(in_channels)
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
         self.norm_eval = norm_eval

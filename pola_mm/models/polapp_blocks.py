@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..ops.depthwise_conv import DepthwiseConv2d
 from ..ops.rope import AxisTables, RotaryTable
+from .backbone_utils import mlp_hidden_dims
 from .polapp_attention import PolaPPLinearAttention, RoPESoftmaxAttention
 
 LN_EPS = 1e-6  # every LayerNorm of the authors' model; BatchNorms keep PyTorch's 1e-5
@@ -114,7 +115,7 @@ class PolaPPBlock(nn.Module):
         self.attn = (PolaPPLinearAttention(embed_dims, num_heads, attn_impl) if linear else
                      RoPESoftmaxAttention(embed_dims, num_heads))
         self.norm2 = ChannelLayerNorm(embed_dims)
-        self.ffn = ConvFFN(embed_dims, int(mlp_ratio * embed_dims), fused_grad)
+        self.ffn = ConvFFN(embed_dims, mlp_hidden_dims(embed_dims, mlp_ratio), fused_grad)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.gamma_1 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init)))
         self.gamma_2 = nn.Parameter(torch.full((1, embed_dims, 1, 1), float(layer_scale_init)))
