@@ -137,7 +137,7 @@ def test_gpu_check_report_names_the_device_and_the_kernel_launch(tmp_path):
     measured on a GPU can be traced to the launch options they were measured with."""
     import gpu_check
 
-    from pola_mm.ops.triton_compile import BLOCK_TOKENS, LAUNCH_OPTIONS
+    from pola_mm.ops.triton_compile import BLOCK_TOKENS, CHUNK_TOKENS, LAUNCH_OPTIONS
     out_file = tmp_path / 'gpu_check.json'
     with mock.patch.object(torch.cuda, 'is_available', return_value=True), \
             mock.patch.object(torch.cuda, 'current_device', return_value=0), \
@@ -147,7 +147,8 @@ def test_gpu_check_report_names_the_device_and_the_kernel_launch(tmp_path):
     assert code == 0
     report = json.loads(out_file.read_text())
     assert report['device'] == 'NVIDIA H200' and report['capability'] == '9.0'
-    assert report['kernel_launch'] == dict(LAUNCH_OPTIONS, block_tokens=BLOCK_TOKENS)
+    assert report['kernel_launch'] == dict(LAUNCH_OPTIONS, block_tokens=BLOCK_TOKENS,
+                                           chunk_tokens=CHUNK_TOKENS)
     assert report['checks'] == {}
 
 

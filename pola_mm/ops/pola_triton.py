@@ -52,8 +52,8 @@ from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
 from .pola_torch import activate_parameters, check_polarity_inputs, polarity_linear_attention_torch
-from .triton_compile import (BLOCK_TOKENS, KERNEL_DTYPES, LAUNCH_OPTIONS, SUPPORTED_HEAD_DIMS,
-                             kernel_precision)
+from .triton_compile import (BLOCK_TOKENS, CHUNK_TOKENS, KERNEL_DTYPES, LAUNCH_OPTIONS,
+                             SUPPORTED_HEAD_DIMS, kernel_precision)
 
 
 @triton.jit
@@ -598,7 +598,7 @@ def triton_interpreted() -> bool:
 
 
 def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Tensor,
-                                     eps: float = 1e-6, chunk: int = 256,
+                                     eps: float = 1e-6, chunk: int = CHUNK_TOKENS,
                                      out_dtype: Optional[torch.dtype] = None,
                                      guard=None, scale: Optional[Tensor] = None,
                                      alpha: Optional[float] = None) -> Tensor:
@@ -613,7 +613,8 @@ def polarity_linear_attention_triton(q: Tensor, k: Tensor, v: Tensor, power: Ten
         power (Tensor): (1, h, 1, d) exponents (>= 1).
         eps (float): normaliser epsilon.
         chunk (int): tokens handled by one program of each token kernel (a multiple of
-            :data:`~pola_mm.ops.triton_compile.BLOCK_TOKENS`); smaller gives more
+            :data:`~pola_mm.ops.triton_compile.BLOCK_TOKENS`; default
+            :data:`~pola_mm.ops.triton_compile.CHUNK_TOKENS`); smaller gives more
             parallelism over tokens, larger fewer partial sums and fewer reads of the
             mixing matrices.
         out_dtype (torch.dtype, optional): dtype of the result (default q's).

@@ -42,6 +42,10 @@ PRECISIONS = ('ieee', 'tf32')
 #: in any build, and the largest (``_key_backward_kernel`` at head dim 64, TF32 products on
 #: fp32 inputs) needs 88 KB of shared memory, within the 99 KB of sm_86/89/120.
 BLOCK_TOKENS = 16
+#: Tokens per program of the four token kernels (a multiple of :data:`BLOCK_TOKENS`, taken a
+#: block at a time): the key and query-backward kernels sum their partial results over that
+#: many tokens, and the query kernels read the mixing matrix once per that many.
+CHUNK_TOKENS = 256
 NUM_WARPS = 16
 NUM_STAGES = 3
 MAX_REGISTERS = 128

@@ -289,11 +289,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device('cuda', torch.cuda.current_device())
     import triton
 
-    from pola_mm.ops.triton_compile import BLOCK_TOKENS, LAUNCH_OPTIONS
+    from pola_mm.ops.triton_compile import BLOCK_TOKENS, CHUNK_TOKENS, LAUNCH_OPTIONS
     report = {'device': torch.cuda.get_device_name(device),
               'capability': '.'.join(map(str, torch.cuda.get_device_capability(device))),
               'torch': torch.__version__, 'triton': triton.__version__,
-              'kernel_launch': dict(LAUNCH_OPTIONS, block_tokens=BLOCK_TOKENS), 'checks': {}}
+              'kernel_launch': dict(LAUNCH_OPTIONS, block_tokens=BLOCK_TOKENS,
+                                    chunk_tokens=CHUNK_TOKENS), 'checks': {}}
     write_report(report, args.json)  # the device is on record even if a check kills Python
     with tempfile.TemporaryDirectory() as work_dir:
         runs = {'kernels': lambda: check_kernels(device),
