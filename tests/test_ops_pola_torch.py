@@ -149,6 +149,29 @@ def test_zero_inputs_give_finite_gradients():
         assert rel_err(ours, theirs) < 1e-5, name
 
 
+def nonfinite_gradient_case():
+    """Inputs (no zeros) and an incoming gradient holding one NaN and one inf."""
+    inputs, grad = make_inputs(1, 2, 6, 5, 16, torch.float32, seed=21)
+    grad[0, 0, 2, 3] = float('nan')
+    grad[0, 1, 4, 1] = float('inf')
+    return inputs, grad
+
+
+def test_nonfinite_incoming_gradient_is_kept():
+    """A NaN or inf in the incoming gradient reaches every gradient it flows into, as in the
+    reference (and so AMP's scaler and anomaly checks see it); it must not turn into 0 or
+    the largest float in the gradients of q and k."""
+    inputs, grad = nonfinite_gradient_case()
+    _, grads = forward_backward(polarity_linear_attention_torch, inputs, grad)
+    _, ref_grads = forward_backward(plain_polarity_attention, inputs, grad)
+    for name, ours, theirs in zip('qkvp', grads, ref_grads):
+        finite = torch.isfinite(theirs)
+        assert (~finite).any(), name
+        assert torch.equal(torch.isfinite(ours), finite), name
+        if finite.any():  # every key's gradient meets the NaN
+            assert rel_err(ours[finite], theirs[finite]) < 1e-5, name
+
+
 def test_signed_power_matches_pow_elementwise():
     """``sign(x) |x|^p`` (computed as ``exp(p log|x|)``) equals float64 ``pow`` to 1e-5
     relative in every element whose result is a normal float32, for magnitudes from 1e-6 to

@@ -102,6 +102,27 @@ def compare_all(device='cpu'):
         results['logits' + dtype] = compare_parameters_before_activation(device, dtype)
     results['activations'] = compare_activations(device)
     results['edge_cases'] = edge_cases(device)
+    results['nonfinite_gradient'] = compare_nonfinite_gradient(device)
+    return results
+
+
+def compare_nonfinite_gradient(device):
+    """With a NaN and an inf in the incoming gradient: for q, k, v and p, whether the
+    kernels' gradient is non-finite exactly where the PyTorch path's is, and the relative
+    error of the finite rest."""
+    from pola_mm.ops.pola_torch import polarity_linear_attention_torch
+    from pola_mm.ops.pola_triton import polarity_linear_attention_triton
+    from test_ops_pola_torch import forward_backward, nonfinite_gradient_case, rel_err
+    inputs, grad = nonfinite_gradient_case()
+    inputs, grad = [t.to(device) for t in inputs], grad.to(device)
+    _, grads = forward_backward(polarity_linear_attention_triton, inputs, grad)
+    _, ref_grads = forward_backward(polarity_linear_attention_torch, inputs, grad)
+    results = {}
+    for name, ours, theirs in zip('qkvp', grads, ref_grads):
+        finite = torch.isfinite(theirs)
+        results[name] = [bool((~finite).any()),
+                         torch.equal(torch.isfinite(ours), finite),
+                         rel_err(ours[finite], theirs[finite]) if finite.any() else 0.]
     return results
 
 
@@ -326,6 +347,15 @@ def test_kernels_take_empty_inputs(interpreter_results, name, shape):
 def test_compiled_kernels_take_empty_inputs_on_cuda(cuda_results, name, shape):
     out_shape, *grad_sums = cuda_results['edge_cases'][name]
     assert out_shape == shape and grad_sums == [0.] * 5
+
+
+@pytest.mark.parametrize('results', ['interpreter_results', 'cuda_results'])
+def test_nonfinite_incoming_gradient_is_kept(request, results):
+    """A NaN and an inf in the incoming gradient leave the kernels' gradients non-finite
+    where the PyTorch path's are (which match the reference's), the rest equal."""
+    compared = request.getfixturevalue(results)['nonfinite_gradient']
+    for name, (some_nonfinite, same_places, error) in compared.items():
+        assert some_nonfinite and same_places and error < 1e-4, name
 
 
 def test_kernels_refuse_second_order_gradients(interpreter_results):

@@ -157,7 +157,8 @@ def signed_power_backward_(x: Tensor, signed: Tensor, power: Tensor,
     ``signed`` and ``grad_signed`` (both overwritten).
 
     ``ds/dx = p |x|^(p - 1) = p s / x`` and ``ds/dp = s log|x|``, so no power is needed;
-    with ``t = grad * s``: ``dx = t p / x`` (0/0 -> 0 at x = 0) and ``dp = sum t log|x|``.
+    with ``t = grad * s``: ``dx = t p / x`` (0 at x = 0, as the kernels give; a NaN or inf
+    of the incoming gradient elsewhere is kept) and ``dp = sum t log|x|``.
 
     Returns:
         tuple: ``grad_x`` (float32, in ``grad_signed``'s buffer) and ``grad_power`` summed
@@ -168,7 +169,7 @@ def signed_power_backward_(x: Tensor, signed: Tensor, power: Tensor,
     weighted = grad_signed.mul_(signed)
     log_magnitude = torch.abs(x, out=signed).clamp_min_(torch.finfo(x.dtype).tiny).log_()
     grad_power = log_magnitude.mul_(weighted).sum(dim=(0, 2), keepdim=True)
-    grad_x = weighted.mul_(power).div_(x).nan_to_num_(nan=0.)
+    grad_x = weighted.mul_(power).div_(x).masked_fill_(x == 0, 0.)
     return grad_x, grad_power
 
 
