@@ -154,9 +154,24 @@ def test_eval_cache_follows_writes_through_data():
         module.positional_encoding.data.copy_(torch.randn_like(module.positional_encoding))
         module.eval()
         second = module(x, (3, 5))
-        module._pos_cache.clear()
+        module._pos_cache = None
         assert torch.equal(second, module(x, (3, 5)))
     assert not torch.allclose(first, second)
+
+
+def test_eval_cache_follows_a_replaced_table():
+    """``load_state_dict(..., assign=True)`` puts new Parameters in place, whose version
+    counts from 0 again: the cache must tell them from the table it resized."""
+    module = PolaLinearAttention(8, 2, (4, 4), 'qkvg').eval()
+    fresh = PolaLinearAttention(8, 2, (4, 4), 'qkvg').eval()
+    x = torch.randn(1, 15, 8)
+    state = {k: torch.randn_like(v) for k, v in module.state_dict().items()}
+    with torch.no_grad():
+        module(x, (3, 5))
+        module.load_state_dict(state, assign=True)
+        fresh.load_state_dict(state)
+        assert module.positional_encoding._version == 0
+        assert torch.equal(module(x, (3, 5)), fresh(x, (3, 5)))
 
 
 def test_fp16_inputs_are_computed_in_fp32():

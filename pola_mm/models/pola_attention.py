@@ -1,5 +1,5 @@
 """Polarity-aware linear attention (PolaFormer), the token mixer of the 'L' stages."""
-from typing import Dict, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,29 +87,31 @@ class PolaLinearAttention(nn.Module):
         self.scale = nn.Parameter(torch.zeros(1, 1, embed_dims))
         self.positional_encoding = nn.Parameter(
             torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dims))
-        self._pos_cache: Dict[tuple, Tensor] = {}
+        # (table, (grid, version, device, dtype), resized): the eval cache of _positional_encoding
+        self._pos_cache: Optional[Tuple[Tensor, tuple, Tensor]] = None
 
     def train(self, mode: bool = True):
         """Also drops the eval cache of the positional encoding: writes through ``.data``
         (MMEngine's ``EMAHook`` swapping in the averaged weights before its loops call
         ``eval()``) do not bump the table's version, which the cache is keyed on."""
-        self._pos_cache.clear()
+        self._pos_cache = None
         return super().train(mode)
 
     def _positional_encoding(self, hw_shape: Tuple[int, int]) -> Tensor:
-        """(1, H*W, C) positional encoding for a key grid; cached per size in eval (not
-        while tracing, :func:`~pola_mm.ops.eager.running_eagerly`: exporting to
+        """(1, H*W, C) positional encoding for a key grid; cached for the last size in eval
+        (not while tracing, :func:`~pola_mm.ops.eager.running_eagerly`: exporting to
         ONNX, the grid is symbolic and the resize is in the graph), and dropped when the
-        table changes in place (``load_state_dict`` included) or the module is switched to
-        train or eval mode."""
+        table changes in place or is replaced (``load_state_dict``, with ``assign=True``
+        too) or the module is switched to train or eval mode."""
         table = self.positional_encoding
         if self.training or torch.is_grad_enabled() or not running_eagerly():
             return resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
         key = (hw_shape, table._version, table.device, table.dtype)
-        if key not in self._pos_cache:
-            self._pos_cache.clear()
-            self._pos_cache[key] = resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic')
-        return self._pos_cache[key]
+        if self._pos_cache is None or self._pos_cache[0] is not table or \
+                self._pos_cache[1] != key:
+            self._pos_cache = (table, key,
+                               resize_token_grid(table, self.pos_grid, hw_shape, 'bicubic'))
+        return self._pos_cache[2]
 
     def _project(self, x: Tensor, hw_shape: Tuple[int, int]):
         """(B, N, C) -> q, g (B, N, C); k, v (B, n, C); key grid (h_k, w_k)."""
