@@ -153,8 +153,25 @@ def test_frozen_stages_zero_freezes_the_stem_in_every_family(family):
     assert all(module.training for module in unfrozen.modules())
 
 
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_frozen_stages_drop_nothing_in_training(family):
+    """Frozen parts stay in eval while the model trains: with dropout on, the frozen
+    stages' outputs are the same in every forward (Pola-PVT's dropout after each positional
+    table included), the others are not."""
+    torch.manual_seed(0)
+    backbone = SMALL_BACKBONES[family](frozen_stages=2, drop_rate=0.5).train()
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first, second = backbone(image), backbone(image)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(first[2], second[2])
+
+
 def test_pvt_unused_norm_is_frozen_unless_asked_for():
     assert not any(p.requires_grad for p in PolaPVT(TINY_PVT).norm.parameters())
+    frozen = PolaPVT(TINY_PVT, final_norm=True, frozen_stages=4).train()
+    assert not frozen.norm.training
+    assert not any(p.requires_grad for p in frozen.norm.parameters())
     backbone = PolaPVT(TINY_PVT, pretrain_img_size=64, final_norm=True)
     assert all(p.requires_grad for p in backbone.norm.parameters())
     outs = backbone(torch.randn(1, 3, 64, 64))
@@ -215,6 +232,7 @@ def test_bad_input_is_named(family):
     (PolaSwinTransformer, dict(embed_dims=96, depths=[2, 2, 6], num_heads=[3, 6, 12, 24]),
      "'depths' must be 4 positive ints"),
     (PolaPVT, dict(TINY_PVT, window=7), "unknown keys \\['window'\\]"),
+    (PolaPVT, dict(TINY_PVT, depths=[True, 2, 1, 1]), "'depths' must be 4 positive ints"),
     (PolaSwinTransformer, ['tiny'], 'arch must be a str or a dict'),
 ])
 def test_bad_arch_is_named(cls, arch, message):
@@ -225,7 +243,12 @@ def test_bad_arch_is_named(cls, arch, message):
 @pytest.mark.parametrize('kwargs,message', [
     (dict(out_indices=(0, 4)), 'out_indices must be ints in'),
     (dict(frozen_stages=5), 'frozen_stages must be an int in'),
-    (dict(pretrain_img_size=100), 'must be a multiple of 32'),
+    (dict(pretrain_img_size=100), 'pretrain_img_size must be a positive int multiple of 32, '
+                                  'got 100'),
+    (dict(pretrain_img_size=0), 'pretrain_img_size must be a positive int multiple of 32'),
+    (dict(pretrain_img_size=224.), 'pretrain_img_size must be a positive int multiple of 32'),
+    (dict(out_indices=(True, )), 'out_indices must be ints in'),
+    (dict(frozen_stages=True), 'frozen_stages must be an int in'),
     (dict(drop_path_rate=-0.1), r'drop_path_rate must be a number in \[0, 1\), got -0.1'),
     (dict(drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\), got 1.5'),
     (dict(drop_path_rate='0.1'), r"drop_path_rate must be a number in \[0, 1\), got '0.1'"),
@@ -238,6 +261,32 @@ def test_bad_options_are_named(kwargs, message):
             cls(arch, **kwargs)
 
 
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(window_size=0), 'window_size must be a positive int, got 0'),
+    (dict(window_size=-7), 'window_size must be a positive int, got -7'),
+    (dict(window_size=7.), 'window_size must be a positive int, got 7.0'),
+    (dict(patch_size=0), 'patch_size must be a positive int, got 0'),
+])
+def test_bad_swin_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PolaSwinTransformer(TINY_SWIN, **kwargs)
+
+
+def test_pvt_key_reduction_beyond_a_stage_grid_is_named():
+    """sr_ratios reduce each stage's keys by a strided conv: a ratio larger than the
+    stage's pretraining grid is refused when built, one larger than an image's stage grid
+    when that image comes (both named, not a conv error)."""
+    with pytest.raises(ValueError, match=r'sr_ratios \[8, 8, 8, 8\] reduce the 7x7 token '
+                                         'grid of stage 4'):
+        PolaPVT(dict(TINY_PVT, sr_ratios=[8, 8, 8, 8]))
+    model = PolaPVT(dict(TINY_PVT, sr_ratios=[8, 4, 2, 2])).eval()
+    with pytest.raises(ValueError, match=r'image size \(32, 40\) is too small for sr_ratios '
+                                         r'\[8, 4, 2, 2\]: stage 4 .* at least 33 pixels'):
+        model(torch.randn(1, 3, 32, 40))
+    shapes = [tuple(out.shape[2:]) for out in model(torch.randn(1, 3, 33, 40))]
+    assert shapes == [(9, 10), (5, 5), (3, 3), (2, 2)]
+
+
 @pytest.mark.parametrize('ratio', [0, 0.001, -4., '4'])
 def test_swin_mlp_ratio_leaving_no_hidden_channel_is_named(ratio):
     message = f'MLP of 16-channel blocks at least one hidden channel, got {ratio!r}'
@@ -248,3 +297,44 @@ def test_swin_mlp_ratio_leaving_no_hidden_channel_is_named(ratio):
 def test_swin_attn_types_must_be_l_or_s():
     with pytest.raises(ValueError, match="attn_types must be 4 letters of 'L'/'S'"):
         PolaSwinTransformer(dict(TINY_SWIN, attn_types='LLSX'))
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_init_cfg_initialisers_refine_the_official_init(family):
+    """MMEngine initialisers in ``init_cfg`` apply over the official init (they were
+    overwritten by it), the rest keeps the official init."""
+    backbone = SMALL_BACKBONES[family](
+        init_cfg=dict(type='Constant', layer='Linear', val=0.5, bias=0.))
+    backbone.init_weights()
+    linears = [m for m in backbone.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all((m.weight == 0.5).all() for m in linears)
+    assert all(m.bias is None or (m.bias == 0).all() for m in linears)
+    table_name = 'pos_embed1' if family == 'pvt' else \
+        'layers.2.blocks.0.attn.relative_position_bias_table'  # an 'S' stage
+    table = backbone.get_parameter(table_name)
+    assert 0.01 < table.std().item() < 0.03  # truncated normal, std .02
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+def test_init_cfg_list_loads_its_pretrained_entry_last(family, tmp_path):
+    source = SMALL_BACKBONES[family]()
+    path = str(tmp_path / 'backbone.pth')
+    torch.save(source.state_dict(), path)
+    backbone = SMALL_BACKBONES[family](init_cfg=[
+        dict(type='Pretrained', checkpoint=path),
+        dict(type='Constant', layer='Linear', val=0.5, bias=0.)])
+    backbone.init_weights()
+    for name, value in source.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize('init_cfg,message', [
+    (['Pretrained'], 'malformed init_cfg'),
+    (dict(checkpoint='a.pth'), 'malformed init_cfg'),
+    ('a.pth', 'malformed init_cfg'),
+    ([dict(type='Pretrained', checkpoint='a.pth')] * 2, '2 Pretrained entries'),
+    ([dict(type='Pretrained', path='a.pth')], 'malformed Pretrained init_cfg'),
+])
+def test_malformed_init_cfg_is_named(init_cfg, message):
+    with pytest.raises(ValueError, match=message):
+        SMALL_BACKBONES['pvt'](init_cfg=init_cfg).init_weights()

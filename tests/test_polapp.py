@@ -173,6 +173,8 @@ def test_bf16_autocast_is_finite():
     (dict(embed_dims=[16, 32, 32, 64], depths=[1, 1, 1]), 'malformed arch'),
     (dict(TINY, num_heads=[1, 16, 2, 4]), 'multiple of 4'),
     (dict(TINY, layer_scale_init=[1, 1, 1]), 'layer_scale_init'),
+    (dict(TINY, layer_scale_init=[True, 1, 1, 1]), 'layer_scale_init'),
+    (dict(TINY, depths=[True, 1, 1, 1]), "'depths' must be 4 positive ints"),
     (dict(TINY, mlp_ratio=0.01), 'MLP of 16-channel blocks at least one hidden channel'),
     (dict(TINY, mlp_ratio='3.5'), "at least one hidden channel, got '3.5'"),
 ])

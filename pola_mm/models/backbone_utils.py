@@ -2,7 +2,7 @@
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, initialize
 from mmengine.model.weight_init import trunc_normal_
 from torch import Tensor, nn
 
@@ -44,17 +44,24 @@ class PolaBackbone(BaseModule):
         return dict(state_dict)
 
     def init_weights(self):
-        """With a ``Pretrained`` init_cfg, load it (:data:`PRETRAINED_KEYS`, plus
-        ``weights`` to name the checkpoint entry to take, e.g. ``'state_dict_ema'``);
-        otherwise MMEngine's init_cfg handling, then :meth:`official_init`."""
-        if pretrained_init_cfg(self.init_cfg) is not None:
-            load_pretrained_backbone(self, self.init_cfg['checkpoint'],
-                                     self.init_cfg.get('prefix'),
-                                     self.init_cfg.get('map_location', 'cpu'),
-                                     self.init_cfg.get('weights'))
-            return
-        super().init_weights()
-        self.official_init()
+        """Initialise from ``init_cfg`` (a dict or a list of dicts, as MMEngine's):
+
+        * :meth:`official_init`, unless a ``Pretrained`` entry is all there is;
+        * then the other entries, MMEngine's initialisers (e.g.
+          ``dict(type='Constant', layer='Linear', val=0)``), over the official init;
+        * last the ``Pretrained`` entry, loaded by :func:`load_pretrained_backbone`
+          (:data:`PRETRAINED_KEYS`, plus ``weights`` to name the checkpoint entry to take,
+          e.g. ``'state_dict_ema'``).
+        """
+        pretrained, others = split_init_cfg(self.init_cfg)
+        if pretrained is None or others:
+            self.official_init()
+            if others:
+                initialize(self, others)
+        if pretrained is not None:
+            load_pretrained_backbone(self, pretrained['checkpoint'], pretrained.get('prefix'),
+                                     pretrained.get('map_location', 'cpu'),
+                                     pretrained.get('weights'))
 
     def official_init(self):
         """The authors' initialisation: truncated normal (std .02) for Linear weights and
@@ -105,19 +112,32 @@ class PolaBackbone(BaseModule):
         return self
 
 
-def pretrained_init_cfg(init_cfg: Optional[Mapping]) -> Optional[Mapping]:
-    """``init_cfg`` if it is a ``Pretrained`` one (checked: the keys of
-    :data:`PRETRAINED_KEYS`, ``checkpoint`` required), else None.
+InitCfg = Union[None, Mapping, Sequence[Mapping]]
+
+
+def split_init_cfg(init_cfg: InitCfg) -> Tuple[Optional[Mapping], List[Mapping]]:
+    """``init_cfg`` (None, a dict or a list of dicts, as MMEngine takes it) -> its
+    ``Pretrained`` entry (checked: the keys of :data:`PRETRAINED_KEYS`, ``checkpoint``
+    required) or None, and the other entries.
 
     Raises:
-        ValueError: naming the dict and the accepted keys when it is malformed.
+        ValueError: naming ``init_cfg`` when an entry is not a dict with a ``type``, when
+            there is more than one ``Pretrained`` entry, or when that entry is malformed.
     """
-    if init_cfg is None or init_cfg.get('type') != 'Pretrained':
-        return None
-    if set(init_cfg) - set(PRETRAINED_KEYS) or 'checkpoint' not in init_cfg:
-        raise ValueError(f'malformed Pretrained init_cfg {dict(init_cfg)}: it takes '
-                         f'{PRETRAINED_KEYS}, with checkpoint required')
-    return init_cfg
+    entries = [] if init_cfg is None else [init_cfg] if isinstance(init_cfg, Mapping) \
+        else list(init_cfg) if isinstance(init_cfg, (list, tuple)) else None
+    if entries is None or not all(isinstance(e, Mapping) and 'type' in e for e in entries):
+        raise ValueError(f'malformed init_cfg {init_cfg!r}: it takes a dict with a type, '
+                         'or a list of them')
+    pretrained = [e for e in entries if e['type'] == 'Pretrained']
+    if len(pretrained) > 1:
+        raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one')
+    for entry in pretrained:
+        if set(entry) - set(PRETRAINED_KEYS) or 'checkpoint' not in entry:
+            raise ValueError(f'malformed Pretrained init_cfg {dict(entry)}: it takes '
+                             f'{PRETRAINED_KEYS}, with checkpoint required')
+    return (pretrained[0] if pretrained else None,
+            [e for e in entries if e['type'] != 'Pretrained'])
 
 
 def parse_arch(arch_zoo: Dict[str, Dict], arch: Union[str, Dict], per_stage: Sequence[str],
@@ -144,22 +164,34 @@ def parse_arch(arch_zoo: Dict[str, Dict], arch: Union[str, Dict], per_stage: Seq
     for key in per_stage:
         value = parsed[key]
         if (not isinstance(value, (list, tuple)) or len(value) != num_stages
-                or not all(isinstance(v, int) and v > 0 for v in value)):
+                or not all(is_positive_int(v) for v in value)):
             raise ValueError(f'malformed arch dict: {key!r} must be {num_stages} positive ints, '
                              f'got {value!r}')
         parsed[key] = list(value)
     for key in scalars:
-        if not isinstance(parsed[key], int) or parsed[key] <= 0:
+        if not is_positive_int(parsed[key]):
             raise ValueError(f'malformed arch dict: {key!r} must be a positive int, '
                              f'got {parsed[key]!r}')
     return parsed
 
 
+def is_positive_int(value) -> bool:
+    """Whether ``value`` is an int (not a bool) above 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_positive_int(name: str, value: int, multiple_of: int = 1) -> int:
+    """``value`` if it is a positive int (a multiple of ``multiple_of``), else a ValueError
+    naming the argument ``name``."""
+    if not is_positive_int(value) or value % multiple_of:
+        multiple = f' multiple of {multiple_of}' if multiple_of > 1 else ''
+        raise ValueError(f'{name} must be a positive int{multiple}, got {value!r}')
+    return value
+
+
 def check_in_channels(in_channels: int) -> int:
     """``in_channels`` if it is a positive int, else a ValueError naming it."""
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels <= 0:
-        raise ValueError(f'in_channels must be a positive int, got {in_channels!r}')
-    return in_channels
+    return check_positive_int('in_channels', in_channels)
 
 
 def mlp_hidden_dims(embed_dims: int, mlp_ratio: float) -> int:
@@ -178,13 +210,15 @@ def check_out_indices(out_indices: Sequence[int], num_stages: int) -> Tuple[int,
     if isinstance(out_indices, int):
         out_indices = (out_indices, )
     indices = tuple(out_indices)
-    if not indices or any(not isinstance(i, int) or not 0 <= i < num_stages for i in indices):
+    if not indices or any(not isinstance(i, int) or isinstance(i, bool) or
+                          not 0 <= i < num_stages for i in indices):
         raise ValueError(f'out_indices must be ints in [0, {num_stages - 1}], got {out_indices}')
     return tuple(sorted(set(indices)))
 
 
 def check_frozen_stages(frozen_stages: int, num_stages: int) -> int:
-    if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
+    if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) or \
+            not -1 <= frozen_stages <= num_stages:
         raise ValueError(f'frozen_stages must be an int in [-1, {num_stages}], '
                          f'got {frozen_stages!r}')
     return frozen_stages

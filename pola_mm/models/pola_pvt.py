@@ -8,7 +8,8 @@ from ..ops.token_grid import resize_token_grid
 from ..registry import register_backbone
 from ..variants import ARCHS, PVT
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_in_channels,
-                             check_out_indices, parse_arch, stochastic_depth_rates)
+                             check_out_indices, check_positive_int, parse_arch,
+                             stochastic_depth_rates)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed
 from .pola_attention import PolaLinearAttention
@@ -53,8 +54,8 @@ class PolaPVT(PolaBackbone):
         drop_path_rate (float): maximal stochastic depth, linearly increasing per block.
         out_indices (Sequence[int]): stages whose outputs are returned (0-3).
         frozen_stages (int): -1 freezes nothing, 0 the first patch embedding and its
-            positional table, k also stages 1..k (their patch embeddings, positional
-            tables and blocks).
+            positional table (with its dropout), k also stages 1..k (their patch
+            embeddings, positional tables and blocks; at 4 also ``norm``).
         final_norm (bool): apply the official ``norm`` to the last stage's output.
         with_cp (bool): activation checkpointing per block.
         attn_impl (str): implementation of the Pola attention core: 'auto' (fused Triton
@@ -91,11 +92,9 @@ class PolaPVT(PolaBackbone):
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
         self.final_norm = final_norm
-        if pretrain_img_size % 32:
-            raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of 32')
+        check_positive_int('pretrain_img_size', pretrain_img_size, 32)
 
         block_rates = stochastic_depth_rates(drop_path_rate, arch['depths'])
-        self.pos_drop = nn.Dropout(drop_rate)
         in_dims, grid = check_in_channels(in_channels), pretrain_img_size
         self.pos_grids = []  # pretraining grid side of each stage's pos_embed
         for s in range(self.num_stages):
@@ -103,9 +102,14 @@ class PolaPVT(PolaBackbone):
             grid //= self.patch_sizes[s]
             self.pos_grids.append(grid)
             sr_ratio = arch['sr_ratios'][s]
+            if sr_ratio > grid:
+                raise ValueError(f"malformed arch dict: sr_ratios {arch['sr_ratios']} reduce "
+                                 f'the {grid}x{grid} token grid of stage {s + 1} at '
+                                 f'pretrain_img_size {pretrain_img_size} to nothing')
             self.add_module(f'patch_embed{s + 1}', PatchEmbed(in_dims, dims, self.patch_sizes[s]))
             self.register_parameter(f'pos_embed{s + 1}',
                                     nn.Parameter(torch.zeros(1, grid * grid, dims)))
+            self.add_module(f'pos_drop{s + 1}', nn.Dropout(drop_rate))
             first = sum(arch['depths'][:s])
             blocks = [
                 PreNormBlock(
@@ -125,28 +129,42 @@ class PolaPVT(PolaBackbone):
         self._freeze_stages()
 
     def _stage(self, s: int):
-        """(patch embed, pos_embed, blocks) of stage ``s`` (0-based)."""
-        return (getattr(self, f'patch_embed{s + 1}'), getattr(self, f'pos_embed{s + 1}'),
-                getattr(self, f'block{s + 1}'))
+        """(patch embed, pos_embed, its dropout, blocks) of stage ``s`` (0-based)."""
+        return tuple(getattr(self, f'{name}{s + 1}')
+                     for name in ('patch_embed', 'pos_embed', 'pos_drop', 'block'))
 
     def stem_parts(self) -> List[Union[nn.Module, nn.Parameter]]:
-        patch_embed, pos_embed, _ = self._stage(0)
-        return [patch_embed, pos_embed]
+        return list(self._stage(0)[:3])
 
     def stage_parts(self, index: int) -> List[Union[nn.Module, nn.Parameter]]:
-        patch_embed, pos_embed, blocks = self._stage(index)
-        return [blocks] if index == 0 else [patch_embed, pos_embed, blocks]
+        patch_embed, pos_embed, pos_drop, blocks = self._stage(index)
+        parts = [blocks] if index == 0 else [patch_embed, pos_embed, pos_drop, blocks]
+        if index == self.num_stages - 1:
+            parts.append(self.norm)
+        return parts
+
+    def _check_sr_grids(self, image_hw: Tuple[int, int]) -> None:
+        """A ValueError naming ``sr_ratios`` when a stage's token grid, ceil(side / 2^(s+2)),
+        is smaller than its key reduction (the strided conv ``sr`` would have no output)."""
+        for s, sr_ratio in enumerate(self.arch['sr_ratios']):
+            stride = 2**(s + 2)
+            if min(-(-side // stride) for side in image_hw) < sr_ratio:
+                raise ValueError(
+                    f"image size {tuple(image_hw)} is too small for sr_ratios "
+                    f"{self.arch['sr_ratios']}: stage {s + 1} reduces its keys {sr_ratio}-fold, "
+                    f'which needs images of at least {(sr_ratio - 1) * stride + 1} pixels a side')
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, C_in, H, W) -> tuple of (B, C_s, ceil(H / 2^(s+2)), ceil(W / 2^(s+2)))
         for s in ``out_indices``."""
         check_image(x, 32)
+        self._check_sr_grids(x.shape[2:])
         outs = []
         for s in range(self.num_stages):
-            patch_embed, pos_embed, blocks = self._stage(s)
+            patch_embed, pos_embed, pos_drop, blocks = self._stage(s)
             x, hw_shape = patch_embed(x)
             pos_grid = (self.pos_grids[s], ) * 2
-            x = self.pos_drop(x + resize_token_grid(pos_embed, pos_grid, hw_shape, 'bilinear'))
+            x = pos_drop(x + resize_token_grid(pos_embed, pos_grid, hw_shape, 'bilinear'))
             for block in blocks:
                 x = block(x, hw_shape)
             if s == self.num_stages - 1 and self.final_norm:

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 from ..registry import register_backbone
 from ..variants import ARCHS, SWIN
 from .backbone_utils import (PolaBackbone, check_frozen_stages, check_image, check_in_channels,
-                             check_out_indices, parse_arch, stochastic_depth_rates)
+                             check_out_indices, check_positive_int, parse_arch,
+                             stochastic_depth_rates)
 from .block import PreNormBlock
 from .patch_embed import PatchEmbed, padding_to_multiple
 from .pola_attention import PolaLinearAttention
@@ -138,9 +139,9 @@ class PolaSwinTransformer(PolaBackbone):
         self.num_features = [embed_dims * 2**i for i in range(self.num_stages)]
         self.out_indices = check_out_indices(out_indices, self.num_stages)
         self.frozen_stages = check_frozen_stages(frozen_stages, self.num_stages)
-        if pretrain_img_size % (patch_size * 8):
-            raise ValueError(f'pretrain_img_size {pretrain_img_size} must be a multiple of '
-                             f'{patch_size * 8}')
+        check_positive_int('patch_size', patch_size)
+        check_positive_int('window_size', window_size)
+        check_positive_int('pretrain_img_size', pretrain_img_size, patch_size * 8)
 
         self.patch_embed = PatchEmbed(check_in_channels(in_channels), embed_dims, patch_size)
         block_rates = stochastic_depth_rates(drop_path_rate, arch['depths'])

@@ -92,7 +92,8 @@ class PolaPP(PolaBackbone):
                           num_stages=self.num_stages)
         scales, mlp_ratio = arch['layer_scale_init'], arch['mlp_ratio']
         if (not isinstance(scales, (list, tuple)) or len(scales) != self.num_stages
-                or not all(isinstance(s, (int, float)) and s > 0 for s in scales)):
+                or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0
+                           for s in scales)):
             raise ValueError(f"malformed arch dict: 'layer_scale_init' must be "
                              f'{self.num_stages} positive numbers, got {scales!r}')
         self.arch = arch

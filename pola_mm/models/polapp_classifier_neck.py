@@ -3,13 +3,13 @@ between the backbone and the linear head."""
 from typing import Optional, Sequence, Tuple, Union
 
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, initialize
 from torch import Tensor, nn
 
 from ..checkpoint import (describe_location, load_into, official_neck_weights, read_checkpoint,
                           select_model_weights)
 from ..registry import MODELS
-from .backbone_utils import pretrained_init_cfg
+from .backbone_utils import split_init_cfg
 from .polapp import PolaPP
 
 
@@ -51,14 +51,17 @@ class PolaPPClassifierNeck(BaseModule):
         return tuple(self.project(x).mean(dim=(2, 3)) for x in inputs)
 
     def init_weights(self):
-        """Load a ``Pretrained`` init_cfg (see :func:`pretrained_init_cfg`), else
-        MMEngine's init_cfg handling."""
-        if pretrained_init_cfg(self.init_cfg) is None:
+        """Load a ``Pretrained`` init_cfg entry (see :func:`split_init_cfg`) after any
+        other entries; without one, MMEngine's init_cfg handling."""
+        pretrained, others = split_init_cfg(self.init_cfg)
+        if pretrained is None:
             super().init_weights()
             return
-        path, prefix, entry = (self.init_cfg['checkpoint'], self.init_cfg.get('prefix'),
-                               self.init_cfg.get('weights'))
-        checkpoint = read_checkpoint(path, self.init_cfg.get('map_location', 'cpu'))
+        if others:
+            initialize(self, others)
+        path, prefix, entry = (pretrained['checkpoint'], pretrained.get('prefix'),
+                               pretrained.get('weights'))
+        checkpoint = read_checkpoint(path, pretrained.get('map_location', 'cpu'))
         weights = select_model_weights(checkpoint, path, prefix, entry)
         try:
             load_into(self, official_neck_weights(weights, PolaPP.classifier_keys))
