@@ -2,6 +2,7 @@
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -168,6 +169,46 @@ def test_positional_tables_are_resized_for_another_pretraining_size(tmp_path):
     assert model.layers[2].blocks[0].attn.relative_position_bias_table.shape == (529, 16)
 
 
+def test_pvt_positional_tables_are_resized_for_another_pretraining_size(tmp_path):
+    """224 weights into a Pola-PVT pretrained at 256: the stage tables ``pos_embed1``..
+    ``pos_embed4`` are resized like the attention positional encodings, and it runs."""
+    path = tmp_path / 'pvt.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
+    model = PolaPVT('tiny', pretrain_img_size=256)
+    report = load_pretrained_backbone(model, str(path))
+    stage_tables = [entry for entry in report['resized'] if entry.startswith('pos_embed')]
+    assert stage_tables == ['pos_embed1 (1, 3136, 64) -> (1, 4096, 64)',
+                            'pos_embed2 (1, 784, 128) -> (1, 1024, 128)',
+                            'pos_embed3 (1, 196, 320) -> (1, 256, 320)',
+                            'pos_embed4 (1, 49, 512) -> (1, 64, 512)']
+    assert any('attn.positional_encoding' in entry for entry in report['resized'])
+    assert len(report['loaded']) + len(report['resized']) == 174
+    model.eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(out.shape) for out in outputs] == [(1, 64, 16, 16), (1, 128, 8, 8),
+                                                     (1, 320, 4, 4), (1, 512, 2, 2)]
+
+
+@pytest.mark.parametrize('arch,key,table,model_shape', [
+    ('pola_swin_tiny', 'layers.2.blocks.0.attn.relative_position_bias_table', (170, 12),
+     (169, 12)),
+    ('pola_pvt_tiny', 'pos_embed4', (1, 50, 512), (1, 49, 512)),  # PVT-v1 style: cls token
+], ids=['swin_bias_table', 'pvt_pos_embed_with_cls_token'])
+def test_positional_table_of_no_square_grid_is_a_shape_mismatch(tmp_path, arch, key, table,
+                                                                 model_shape):
+    """A positional table that would need a resize but holds no square grid of tokens is
+    refused as a shape mismatch: the file, the key and both shapes are named."""
+    weights = official_layout_state_dict(arch)
+    weights[key] = torch.zeros(table)
+    path = tmp_path / 'odd.pth'
+    torch.save(official_checkpoint(weights), path)
+    message = (r'odd.pth: checkpoint does not fit .*; shape mismatches 1 \(' +
+               re.escape(f'{key}: checkpoint {table} vs model {model_shape})'))
+    with pytest.raises(RuntimeError, match=message):
+        load_pretrained_backbone(released_backbone(arch), str(path))
+
+
 def test_init_cfg_logs_the_report(tmp_path, capsys):
     path = tmp_path / 'pvt.pth'
     torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
@@ -255,6 +296,49 @@ def test_init_cfg_map_location_reaches_the_reader(tmp_path, monkeypatch):
                                   map_location=to_cpu)).init_weights()
     PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
     assert locations == [to_cpu, 'cpu']
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_map_location_of_an_unavailable_device_is_named(tmp_path):
+    """map_location='cuda' where CUDA is unavailable: the error says the tensors cannot be
+    mapped to that device, not that the (sound) file is damaged."""
+    path = tmp_path / 'pvt.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
+    message = (r"cannot load checkpoint .*pvt.pth with map_location='cuda': its tensors "
+               r"cannot be mapped to device 'cuda' here \(.*torch.cuda.is_available\(\) "
+               r"is False\)")
+    with pytest.raises(RuntimeError, match=message) as error:
+        load_pretrained_backbone(PolaPVT('tiny'), str(path), map_location='cuda')
+    assert 'truncated' not in str(error.value)
+    with pytest.raises(RuntimeError, match=message):
+        PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                      map_location='cuda')).init_weights()
+    with pytest.raises(RuntimeError, match=r"map_location=device\(type='cuda'\): its tensors "
+                                           r"cannot be mapped to device 'cuda' here"):
+        read_checkpoint(str(path), map_location=torch.device('cuda'))
+
+
+def test_checkpoint_paths_may_be_path_objects(tmp_path):
+    """A pathlib.Path (any os.PathLike) names a checkpoint like a str; anything else that
+    is no str is refused naming the argument and the type received."""
+    path = tmp_path / 'pvt.pth'
+    torch.save(official_checkpoint(official_layout_state_dict('pola_pvt_tiny')), path)
+    assert len(load_pretrained_backbone(PolaPVT('tiny'), path)['loaded']) == 174
+    assert list(read_checkpoint(path)) == list(read_checkpoint(str(path)))
+    backbone = PolaPVT('tiny', init_cfg=dict(type='Pretrained', checkpoint=path))
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.pos_embed1,
+                               official_layout_state_dict('pola_pvt_tiny')['pos_embed1'],
+                               rtol=0, atol=0)
+    for checkpoint, received in ((None, 'NoneType'), (3, 'int')):
+        with pytest.raises(ValueError, match=f'checkpoint path must be a file name or URL '
+                                             rf'\(a str or an os.PathLike\), got {received}'):
+            load_pretrained_backbone(PolaPVT('tiny'), checkpoint)
+        with pytest.raises(ValueError, match=f'got {received}'):
+            PolaPVT('tiny', init_cfg=dict(type='Pretrained',
+                                          checkpoint=checkpoint)).init_weights()
+        with pytest.raises(ValueError, match=f'checkpoint filename must be .*got {received}'):
+            read_checkpoint(checkpoint)
 
 
 class RunsCode:

@@ -8,20 +8,25 @@ conversion of official weights belongs to each backbone family
 released ImageNet classifier to :func:`.classifier.official_classifier_state_dict`;
 nothing here depends on the models.
 """
+import math
+import os
 import re
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..ops.token_grid import resize_token_grid, square_grid_side
+from ..ops.token_grid import resize_token_grid
 from .classifier import official_classifier_state_dict
-from .reader import read_checkpoint
+from .reader import checkpoint_name, read_checkpoint
 from .weights import describe_location, drop_classifier_and_buffers, select_model_weights
 
-RESIZABLE = ('positional_encoding', 'relative_position_bias_table', 'pos_embed')
+#: Positional tables, resized when the pretraining size differs: the last component of a
+#: parameter's name, matched whole (Pola attention's ``positional_encoding``, Swin's
+#: ``relative_position_bias_table``, Pola-PVT's stage tables ``pos_embed1``..``pos_embed4``).
+RESIZABLE = re.compile(r'positional_encoding|relative_position_bias_table|pos_embed\d*')
 KEYS_LISTED = 8  # keys named per kind in an error message
 
 
@@ -31,21 +36,32 @@ def key_listing(keys: Sequence[str], limit: int = KEYS_LISTED) -> str:
     return f'{len(keys)} ({", ".join(keys[:limit])}{", ..." if len(keys) > limit else ""})'
 
 
+def _grid_side(num_tokens: int) -> Optional[int]:
+    """Side S of a square S x S grid of ``num_tokens`` tokens, None when it is none."""
+    side = math.isqrt(num_tokens)
+    return side if side * side == num_tokens else None
+
+
 def resize_to(name: str, value: Tensor, shape: torch.Size) -> Optional[Tensor]:
     """Resize a positional table to ``shape`` (bicubic, as the authors' 224->384
-    recipe), or None when ``name`` is not a positional table or the shapes don't allow."""
-    if not name.endswith(RESIZABLE) or value.dim() != len(shape):
+    recipe), or None when ``name`` is not a positional table (:data:`RESIZABLE`) or the
+    shapes don't allow: other channels or heads, or tokens that are no square grid (e.g. a
+    table with a class token)."""
+    table = name.rsplit('.', 1)[-1]
+    if not RESIZABLE.fullmatch(table) or value.dim() != len(shape):
         return None
-    if name.endswith('relative_position_bias_table'):  # ((2w-1)^2, heads)
-        if value.shape[1] != shape[1]:
+    if table == 'relative_position_bias_table':  # ((2w-1)^2, heads)
+        src, dst = _grid_side(value.shape[0]), _grid_side(shape[0])
+        if value.shape[1] != shape[1] or src is None or dst is None:
             return None
-        src, dst = square_grid_side(value.shape[0]), square_grid_side(shape[0])
         grid = value.float().T.reshape(1, -1, src, src)
         grid = F.interpolate(grid, size=(dst, dst), mode='bicubic', align_corners=False)
         return grid.reshape(-1, dst * dst).T.to(value.dtype)
-    if value.shape[0] != 1 or value.shape[2] != shape[2]:  # (1, S*S, C)
+    if value.dim() != 3 or value.shape[0] != 1 or value.shape[2] != shape[2]:  # (1, S*S, C)
         return None
-    src, dst = square_grid_side(value.shape[1]), square_grid_side(shape[1])
+    src, dst = _grid_side(value.shape[1]), _grid_side(shape[1])
+    if src is None or dst is None:
+        return None
     return resize_token_grid(value, (src, src), (dst, dst), 'bicubic')
 
 
@@ -138,7 +154,7 @@ def released_classifier_weights(checkpoint: Mapping, model: nn.Module,
     return official_classifier_state_dict(official, backbone, checkpoint_name=name)
 
 
-def load_model_checkpoint(model: nn.Module, path: str, map_location='cpu',
+def load_model_checkpoint(model: nn.Module, path: Union[str, os.PathLike], map_location='cpu',
                           classifier: bool = False) -> Dict[str, List[str]]:
     """Load a checkpoint of a whole model (MMEngine's, as ``tools/train.py`` writes it:
     weights under 'state_dict', a ``module.`` prefix from distributed training removed)
@@ -153,9 +169,11 @@ def load_model_checkpoint(model: nn.Module, path: str, map_location='cpu',
     ``tools/convert_checkpoint.py``'s output load as they are.
 
     Raises:
+        ValueError: ``path`` is neither a str nor an ``os.PathLike``.
         FileNotFoundError / RuntimeError: naming ``path`` when it is missing, refused,
             unreadable, of another architecture, or does not fit ``model``.
     """
+    path = checkpoint_name(path, 'path')
     checkpoint = read_checkpoint(path, map_location)
     if classifier and not is_openmmlab_classifier(checkpoint):
         weights = released_classifier_weights(checkpoint, model, path)
@@ -174,8 +192,8 @@ MODEL_PARTS = frozenset(('neck', 'head', 'decode_head', 'auxiliary_head', 'rpn_h
                          'bbox_head', 'mask_head', 'data_preprocessor'))
 
 
-def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[str] = None,
-                             map_location='cpu',
+def load_pretrained_backbone(backbone: nn.Module, path: Union[str, os.PathLike],
+                             prefix: Optional[str] = None, map_location='cpu',
                              weights: Optional[str] = None) -> Dict[str, List[str]]:
     """Load a released (or pola_mm) checkpoint into a Pola backbone and log a report.
 
@@ -189,11 +207,13 @@ def load_pretrained_backbone(backbone: nn.Module, path: str, prefix: Optional[st
 
     Raises:
         TypeError: ``backbone`` is not a Pola backbone.
+        ValueError: ``path`` is neither a str nor an ``os.PathLike``.
         FileNotFoundError / RuntimeError: naming ``path`` when it is missing, refused,
             unreadable, or does not fit ``backbone``.
     """
     if not hasattr(backbone, 'convert_official_state_dict'):
         raise TypeError(f'expected a Pola backbone, got {type(backbone).__name__}')
+    path = checkpoint_name(path, 'path')
     checkpoint = read_checkpoint(path, map_location)
     state_dict = select_model_weights(checkpoint, path, prefix, weights)
     conversion: Dict[str, List[str]] = dict(dropped=[], converted=[])

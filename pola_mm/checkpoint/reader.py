@@ -37,7 +37,10 @@ MMEngine's ``pavi://`` loader stays: it reads with ``torch.load``'s default, wei
 since torch 2.6. :func:`checkpoint_read_errors` turns what ``torch.load`` raises for a
 refused, truncated or corrupted file into an error that names the file and says what is
 wrong with it, a file that is no PyTorch checkpoint at all is named as such, and
-:func:`check_checkpoint_integrity` finds the corruption ``torch.load`` does not see.
+:func:`check_checkpoint_integrity` finds the corruption ``torch.load`` does not see. A
+``map_location`` naming a device the tensors cannot be mapped to here (``'cuda'`` without
+CUDA) is refused as such before the file is unpickled (:func:`check_map_location`), not
+taken for a damaged file.
 """
 import collections
 import http.client
@@ -77,6 +80,42 @@ HEAD_SIZE = 512
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint cannot be read; the message names the file and says why."""
+
+
+def checkpoint_name(filename: Union[str, os.PathLike], argument: str = 'filename') -> str:
+    """``filename`` (a file name or URL: a str or an ``os.PathLike`` such as a
+    :class:`pathlib.Path`) as a str.
+
+    Raises:
+        ValueError: naming ``argument`` and the type received for anything else (None, a
+            number, bytes).
+    """
+    name = os.fspath(filename) if isinstance(filename, os.PathLike) else filename
+    if not isinstance(name, str):
+        raise ValueError(f'the checkpoint {argument} must be a file name or URL (a str or an '
+                         f'os.PathLike), got {type(filename).__name__}: {filename!r}')
+    return name
+
+
+def check_map_location(map_location, name: str) -> None:
+    """Refuse a ``map_location`` naming a device (a str or a :class:`torch.device`) that
+    tensors cannot be mapped to here (CUDA where it is unavailable, an unknown device), as
+    ``torch.load`` would when restoring the first tensor; dicts and callables pass.
+
+    Raises:
+        CheckpointReadError: naming ``name``, ``map_location`` and the device.
+    """
+    if not isinstance(map_location, (str, torch.device)):
+        return
+    try:  # torch.load's own restoring, for an empty storage
+        torch.serialization.default_restore_location(torch.UntypedStorage(0),
+                                                     str(map_location))
+    except RuntimeError as error:
+        reason = str(error).split('. ')[0]
+        raise CheckpointReadError(
+            f'cannot load checkpoint {name} with map_location={map_location!r}: its tensors '
+            f'cannot be mapped to device {str(map_location)!r} here ({reason}); pass a '
+            "map_location this machine has, e.g. 'cpu'") from None
 
 
 def history_buffer_statistic(owner: type, name: str):
@@ -148,6 +187,7 @@ def _read_weights_only(source: Union[str, BinaryIO], map_location, name: str):
         head = source.read(HEAD_SIZE)
         source.seek(0)
     _check_pytorch_file(head, name)
+    check_map_location(map_location, name)
     with checkpoint_globals(), checkpoint_read_errors(name):
         return torch.load(source, map_location=map_location, weights_only=True)
 
@@ -307,7 +347,7 @@ def _download(url: str, path: str, progress: bool) -> None:
         raise CheckpointReadError(f'cannot download checkpoint {url}: {error}') from error
 
 
-def local_checkpoint(filename: str, model_dir: Optional[str] = None,
+def local_checkpoint(filename: Union[str, os.PathLike], model_dir: Optional[str] = None,
                      progress: bool = False) -> str:
     """The name to read ``filename`` from with weights-only unpickling.
 
@@ -320,8 +360,10 @@ def local_checkpoint(filename: str, model_dir: Optional[str] = None,
     they are.
 
     Raises:
+        ValueError: ``filename`` is neither a str nor an ``os.PathLike``.
         CheckpointReadError: naming the URL when the download fails.
     """
+    filename = checkpoint_name(filename)
     if not filename.startswith(('http://', 'https://')):
         return filename
     cache_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
@@ -362,7 +404,7 @@ def check_checkpoint_integrity(path: str) -> None:
             f'cannot read checkpoint {path}: it is corrupted ({error})') from None
 
 
-def read_checkpoint(filename: str, map_location='cpu') -> dict:
+def read_checkpoint(filename: Union[str, os.PathLike], map_location='cpu') -> dict:
     """Read a checkpoint as MMEngine does (local files, file backends' URIs, URLs, model
     zoos), but safely: an ``http(s)://`` URL is downloaded first (:func:`local_checkpoint`),
     a local file's CRC-32 codes are checked (:func:`check_checkpoint_integrity`), and it is
@@ -370,12 +412,17 @@ def read_checkpoint(filename: str, map_location='cpu') -> dict:
     loaders; errors name ``filename`` (:func:`checkpoint_read_errors`). Globals allowed by
     an enclosing ``torch.serialization.safe_globals`` block are allowed too.
 
+    ``filename`` is a str or an ``os.PathLike`` (a :class:`pathlib.Path`, say).
+
     Raises:
+        ValueError: ``filename`` is neither a str nor an ``os.PathLike``.
         FileNotFoundError: for a local path that does not exist.
         RuntimeError: naming ``filename`` when it cannot be downloaded, is refused,
-            truncated, corrupted or no PyTorch checkpoint, or holds something other than a
-            dict.
+            truncated, corrupted or no PyTorch checkpoint, holds something other than a
+            dict, or its tensors cannot be mapped to ``map_location``
+            (:func:`check_map_location`).
     """
+    filename = checkpoint_name(filename)
     if '://' not in filename and not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
     source = local_checkpoint(filename)
