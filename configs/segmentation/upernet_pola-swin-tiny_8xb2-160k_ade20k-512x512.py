@@ -2,6 +2,9 @@
 # batch 16 (8 GPUs x 2). Paper (ICLR 2025, Table 2) mIoU: 45.8 (single scale).
 #   bash tools/dist_train.sh configs/segmentation/upernet_pola-swin-tiny_8xb2-160k_ade20k-512x512.py 8
 # The backbone starts from the official ImageNet weights at checkpoints/pola_swin_tiny.pth.
+# drop_path_rate 0.2 (../_base_/pola_backbones.py) is pola_mm's choice: Pola-Swin-T's
+# ImageNet value (the official cfgs/pola_swin_t.yaml); no source gives PolaFormer's
+# segmentation value. mmseg's Swin-T UperNet, whose schedule this config follows, uses 0.3.
 _base_ = [
     'mmseg::_base_/models/upernet_swin.py', '../_base_/pola_backbones.py',
     './_base_/ade20k_checked.py', 'mmseg::_base_/default_runtime.py',

@@ -3,13 +3,19 @@
 # (bicubic, PIL), centre crop 224, ImageNet mean/std (the dataset base below).
 # `load_from` takes the released file as it is: the hook converts the official key layout
 # (backbone + `head.*`) into this classifier's (`backbone.*`, `head.fc.*`) and rejects a
-# file of another architecture. The optimiser and schedule are mmpretrain's Swin ImageNet
-# recipe (AdamW, lr 1e-3 at batch 1024, cosine, 300 epochs), which PolaFormer's code follows
-# (PolaFormer++ b3's too; b4 and b5 were trained with other warm-up, clipping and lr, and
-# every PolaFormer++ model with EMA), with label smoothing 0.1 (the model bases); the
-# recipe's Mixup and CutMix are not set, and
-# `load_from` starts from the released weights: these configs evaluate, they do not
-# pretrain.
+# file of another architecture.
+# These configs evaluate the released weights; they do not reproduce the ImageNet
+# pretraining. The training settings they carry are mmpretrain's Swin ImageNet recipe
+# (AdamW, lr 1e-3 at batch 1024, weight decay 0.05, 20 warm-up epochs, cosine, 300 epochs,
+# gradient clip 5.0), with label smoothing 0.1 (the model bases) and without the recipe's
+# Mixup and CutMix; `load_from` starts from the released weights. How the released
+# models were trained:
+# - Pola-Swin (the official config.py defaults): the same epochs, warm-up, lr per batch
+#   (5e-4 per 512), weight decay and clip.
+# - Pola-PVT (the official cfgs/pola_pvt_*.yaml): another recipe, 300 + 10 cooldown
+#   epochs, 5 warm-up epochs, no gradient clip for T/S and 1.0 for M/L.
+# - PolaFormer++: b0-b3 the same epochs, warm-up, lr per batch and clip (not the same
+#   minimum lr); b4 and b5 other warm-up, clipping and lr; every model with EMA.
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',

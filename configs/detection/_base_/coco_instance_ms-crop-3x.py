@@ -34,6 +34,10 @@ train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
+# 1000 linear warm-up iterations come from mmdet 3.3's
+# swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py, as the rest of this schedule; no
+# source gives PolaFormer's warm-up. (The 1x configs keep the 500 of mmdet's
+# _base_/schedules/schedule_1x.py, which their R50 bases use.)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
     dict(

@@ -1,6 +1,8 @@
-# The paper's detection optimiser (PolaFormer, ICLR 2025, Sec. 5 / Table 2): AdamW,
-# lr 1e-4, weight decay 1e-4, batch 16 (8 GPUs x 2 images), no weight decay on the
-# parameters of ../../_base_/pola_no_weight_decay.py.
+# The PolaFormer detection optimiser: AdamW with the paper's lr 1e-4 and weight decay
+# 1e-4 (PolaFormer, ICLR 2025, appendix; results in its Table 2), for a batch of 16
+# (8 GPUs x 2 images). No weight decay on the parameters of
+# ../../_base_/pola_no_weight_decay.py: pola_mm's choice for fine-tuning, not the
+# paper's (see that file).
 # Bases may not share keys, so a config takes this one by
 # `optim_wrapper = {{_base_.pola_optim_wrapper}}`. The batch size (2 per GPU) and
 # auto_scale_lr = dict(enable=False, base_batch_size=16) come from mmdet's bases.

@@ -1,7 +1,8 @@
-# The paper's segmentation optimiser: AdamW, lr 2e-4, weight decay 1e-3, for a batch of
-# 16 (8 GPUs x 2 images), no weight decay on the parameters of
-# ../../_base_/pola_no_weight_decay.py. 160k iterations, 1500 warm-up iterations, then
-# linear-power poly decay (mmseg's Swin UperNet recipe).
+# The PolaFormer segmentation optimiser: AdamW with the paper's lr 2e-4 and weight decay
+# 1e-3, for a batch of 16 (8 GPUs x 2 images). No weight decay on the parameters of
+# ../../_base_/pola_no_weight_decay.py: pola_mm's choice for fine-tuning, not the
+# paper's (see that file). 160k iterations, 1500 warm-up iterations, then linear-power
+# poly decay (mmseg's Swin UperNet recipe).
 _base_ = ['mmseg::_base_/schedules/schedule_160k.py', '../../_base_/pola_no_weight_decay.py']
 
 optim_wrapper = dict(

@@ -1,5 +1,6 @@
-# The paper's optimiser (see schedule_160k_adamw.py) over 40k iterations with the poly
-# decay (power 0.9, no warm-up) of the Semantic FPN recipe of PVT.
+# The optimiser of schedule_160k_adamw.py (the paper's AdamW lr and weight decay,
+# pola_mm's no-weight-decay list) over 40k iterations with the poly decay (power 0.9,
+# no warm-up) of the Semantic FPN recipe of PVT.
 _base_ = ['./schedule_160k_adamw.py']
 
 param_scheduler = [
