@@ -8,7 +8,6 @@ conversion of official weights belongs to each backbone family
 released ImageNet classifier to :func:`.classifier.official_classifier_state_dict`;
 nothing here depends on the models.
 """
-import math
 import os
 import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ..ops.token_grid import resize_token_grid
+from ..ops.token_grid import resize_token_grid, square_grid_side
 from .classifier import official_classifier_state_dict
 from .reader import checkpoint_name, read_checkpoint
 from .weights import describe_location, drop_classifier_and_buffers, select_model_weights
@@ -36,12 +35,6 @@ def key_listing(keys: Sequence[str], limit: int = KEYS_LISTED) -> str:
     return f'{len(keys)} ({", ".join(keys[:limit])}{", ..." if len(keys) > limit else ""})'
 
 
-def _grid_side(num_tokens: int) -> Optional[int]:
-    """Side S of a square S x S grid of ``num_tokens`` tokens, None when it is none."""
-    side = math.isqrt(num_tokens)
-    return side if side * side == num_tokens else None
-
-
 def resize_to(name: str, value: Tensor, shape: torch.Size) -> Optional[Tensor]:
     """Resize a positional table to ``shape`` (bicubic, as the authors' 224->384
     recipe), or None when ``name`` is not a positional table (:data:`RESIZABLE`) or the
@@ -51,7 +44,7 @@ def resize_to(name: str, value: Tensor, shape: torch.Size) -> Optional[Tensor]:
     if not RESIZABLE.fullmatch(table) or value.dim() != len(shape):
         return None
     if table == 'relative_position_bias_table':  # ((2w-1)^2, heads)
-        src, dst = _grid_side(value.shape[0]), _grid_side(shape[0])
+        src, dst = square_grid_side(value.shape[0]), square_grid_side(shape[0])
         if value.shape[1] != shape[1] or src is None or dst is None:
             return None
         grid = value.float().T.reshape(1, -1, src, src)
@@ -59,7 +52,7 @@ def resize_to(name: str, value: Tensor, shape: torch.Size) -> Optional[Tensor]:
         return grid.reshape(-1, dst * dst).T.to(value.dtype)
     if value.dim() != 3 or value.shape[0] != 1 or value.shape[2] != shape[2]:  # (1, S*S, C)
         return None
-    src, dst = _grid_side(value.shape[1]), _grid_side(shape[1])
+    src, dst = square_grid_side(value.shape[1]), square_grid_side(shape[1])
     if src is None or dst is None:
         return None
     return resize_token_grid(value, (src, src), (dst, dst), 'bicubic')

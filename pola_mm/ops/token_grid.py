@@ -1,7 +1,7 @@
 """Resizing of learnable positional tables stored as square token grids."""
 import functools
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,12 +12,10 @@ from .eager import running_eagerly
 CUBIC_A = -0.75  # PyTorch's (and OpenCV's) bicubic coefficient
 
 
-def square_grid_side(num_tokens: int, name: str = 'positional table') -> int:
-    """Side S of the square S x S grid a table of ``num_tokens`` tokens was trained on."""
+def square_grid_side(num_tokens: int) -> Optional[int]:
+    """Side S of a square S x S grid of ``num_tokens`` tokens, None when they form none."""
     side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f'{name} has {num_tokens} tokens, which is not a square grid')
-    return side
+    return side if side * side == num_tokens else None
 
 
 def resize_token_grid(tokens: Tensor, src_shape: Tuple[int, int], hw_shape: Tuple[int, int],
