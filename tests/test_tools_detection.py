@@ -418,8 +418,8 @@ def expected_weight_decay(config: str, name: str) -> float:
         if osp.basename(config).startswith('retinanet'):
             return 1e-4
         return 0 if 'norm' in name else 0.05
-    # the paper's: 1e-4 except on norms, positional tables and the Pola attention's scale
-    # and power
+    # the paper's 1e-4, except on norms, positional tables and the Pola attention's scale
+    # and power (pola_mm's choice, configs/_base_/pola_no_weight_decay.py)
     no_decay = ('norm', 'pos_embed', 'positional_encoding', 'relative_position_bias_table',
                 'attn.scale', 'attn.power')
     return 0 if any(key in name for key in no_decay) else 1e-4
