@@ -338,3 +338,18 @@ def test_init_cfg_list_loads_its_pretrained_entry_last(family, tmp_path):
 def test_malformed_init_cfg_is_named(init_cfg, message):
     with pytest.raises(ValueError, match=message):
         SMALL_BACKBONES['pvt'](init_cfg=init_cfg).init_weights()
+
+
+@pytest.mark.parametrize('family', ['swin', 'pvt'])
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_empty_batch_gives_empty_maps(family, mode):
+    """A batch of no images (as torch's own layers take it): empty maps of the usual
+    channels and sizes, and zero gradients."""
+    backbone = getattr(SMALL_BACKBONES[family](), mode)()
+    outs = backbone(torch.randn(0, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, channels, 64 // 2**(s + 2), 96 // 2**(s + 2))
+        for s, channels in enumerate(backbone.num_features)]
+    sum(o.sum() for o in outs).backward()
+    grads = [p.grad for p in backbone.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)

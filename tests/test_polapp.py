@@ -258,3 +258,16 @@ def test_checkpoint_of_another_arch_is_named(tmp_path):
     model = PolaPP('b1', init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     with pytest.raises(RuntimeError, match='another architecture'):
         model.init_weights()
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_empty_batch_gives_empty_maps(mode):
+    """A batch of no images: empty maps of the usual channels and sizes, zero gradients."""
+    model = getattr(tiny(), mode)()
+    outs = model(torch.randn(0, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, channels, 64 // 2**(s + 2), 96 // 2**(s + 2))
+        for s, channels in enumerate(TINY['embed_dims'])]
+    sum(o.sum() for o in outs).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)

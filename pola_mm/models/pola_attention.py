@@ -162,7 +162,7 @@ class PolaLinearAttention(nn.Module):
         k = k + self._positional_encoding(kv_hw)
 
         def heads(t: Tensor) -> Tensor:  # (B, L, C) -> (B, h, L, d)
-            return t.reshape(t.shape[0], -1, self.num_heads, self.head_dims).transpose(1, 2)
+            return t.reshape(*t.shape[:2], self.num_heads, self.head_dims).transpose(1, 2)
 
         # the core applies the activations of power and scale (inside the Triton kernels)
         out = polarity_linear_attention(heads(q), heads(k), heads(v), self.power,

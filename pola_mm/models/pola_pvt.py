@@ -169,7 +169,7 @@ class PolaPVT(PolaBackbone):
                 x = block(x, hw_shape)
             if s == self.num_stages - 1 and self.final_norm:
                 x = self.norm(x)
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, *hw_shape)
+            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw_shape)
             if s in self.out_indices:
                 outs.append(x)
         return tuple(outs)

@@ -206,6 +206,6 @@ class PolaSwinTransformer(PolaBackbone):
             out, x, next_hw = stage(x, hw_shape)
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(out)
-                outs.append(out.transpose(1, 2).reshape(out.shape[0], -1, *hw_shape))
+                outs.append(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], *hw_shape))
             hw_shape = next_hw
         return tuple(outs)

@@ -24,17 +24,19 @@ def relative_position_index(window_size: int) -> Tensor:
 def window_partition(x: Tensor, window_size: int) -> Tensor:
     """(B, H, W, C) with H, W multiples of the window -> (B * nW, w*w, C)."""
     batch, height, width, channels = x.shape
-    x = x.view(batch, height // window_size, window_size, width // window_size, window_size,
-               channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, channels)
+    rows, cols = height // window_size, width // window_size
+    x = x.view(batch, rows, window_size, cols, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch * rows * cols, window_size * window_size,
+                                               channels)
 
 
 def window_reverse(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
     """(B * nW, w*w, C) -> (B, H, W, C); inverse of :func:`window_partition`."""
     channels = windows.shape[-1]
-    x = windows.view(-1, height // window_size, width // window_size, window_size,
-                     window_size, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+    rows, cols = height // window_size, width // window_size
+    batch = windows.shape[0] // (rows * cols)
+    x = windows.view(batch, rows, cols, window_size, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
 
 
 def cyclic_shift(x: Tensor, shift_h: int, shift_w: int) -> Tensor:
@@ -184,7 +186,7 @@ class ShiftWindowAttention(nn.Module):
                 padded_hw, hw_shape, window_size, shift_size, x.device)
 
         windows = window_partition(x, window_size)  # (B*nW, w*w, C)
-        qkv = self.qkv(windows).reshape(windows.shape[0], -1, 3, self.num_heads,
+        qkv = self.qkv(windows).reshape(*windows.shape[:2], 3, self.num_heads,
                                         channels // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B*nW, heads, w*w, d)
         attn = (q * (channels // self.num_heads)**-0.5) @ k.transpose(-2, -1)
@@ -193,9 +195,10 @@ class ShiftWindowAttention(nn.Module):
             num_windows = mask.shape[0]
             attn = attn.view(batch, num_windows, self.num_heads, window_size**2,
                              window_size**2) + mask[None, :, None].to(attn.dtype)
-            attn = attn.view(-1, self.num_heads, window_size**2, window_size**2)
+            attn = attn.view(batch * num_windows, self.num_heads, window_size**2,
+                             window_size**2)
         attn = self.attn_drop(attn.softmax(dim=-1))
-        windows = (attn @ v).transpose(1, 2).reshape(windows.shape[0], -1, channels)
+        windows = (attn @ v).transpose(1, 2).reshape(*windows.shape[:2], channels)
         windows = self.proj_drop(self.proj(windows))
 
         x = window_reverse(windows, window_size, *padded_hw)

@@ -17,10 +17,11 @@ def _conv_kernel_grad(x: Tensor, grad: Tensor, padding: Tuple[int, int]) -> Tens
     oneDNN's own depthwise kernel gradient is several times slower than this forward
     convolution (stage 1 of an 800 x 1344 image, C = 96, 2 threads: about 55 ms against
     15 ms, 22 ms with a channels-last output gradient)."""
-    channels = x.shape[1]
-    grad_weight = sum(F.conv2d(x[item:item + 1], grad[item].unsqueeze(1), padding=padding,
-                               groups=channels) for item in range(x.shape[0]))
-    return grad_weight.view(channels, 1, 2 * padding[0] + 1, 2 * padding[1] + 1)
+    channels, kernel_hw = x.shape[1], (2 * padding[0] + 1, 2 * padding[1] + 1)
+    grad_weight = sum((F.conv2d(x[item:item + 1], grad[item].unsqueeze(1), padding=padding,
+                                groups=channels) for item in range(x.shape[0])),
+                      x.new_zeros(1, channels, *kernel_hw))  # an empty batch: no gradient
+    return grad_weight.view(channels, 1, *kernel_hw)
 
 
 def _shifted_products(x: Tensor, grad: Tensor, kernel_size: Tuple[int, int]) -> Tensor:

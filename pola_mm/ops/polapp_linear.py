@@ -124,7 +124,7 @@ def _bands(x: Tensor, hw_shape: Tuple[int, int], fuse: bool) -> List[_Band]:
     batch, heads, _, dims = x.shape
     elements = FUSED_BAND_ELEMENTS if fuse else CPU_BAND_ELEMENTS
     rows = height if x.device.type != 'cpu' else max(
-        1, elements // (batch * heads * width * dims))
+        1, elements // max(1, batch * heads * width * dims))
     return [_Band(top, min(top + rows, height), width) for top in range(0, height, rows)]
 
 
