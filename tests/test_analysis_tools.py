@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 from mmengine.analysis import get_model_complexity_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'tools' / 'analysis'))
 
+import benchmark  # noqa: E402
+import soak  # noqa: E402
 from get_flops import complexity  # noqa: E402
 
 from pola_mm.models import PolaLinearAttention  # noqa: E402
@@ -53,6 +56,48 @@ def test_benchmark_quick_prints_side_by_side_table():
             low, high = map(float, row[5].split('-'))
             assert 0 < low <= high, row
     assert 'device: cpu, 1 threads, fp32, batch 1' in out
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--filter', 'nosuch'], "--filter 'nosuch': no group contains it; the groups are "
+     '"SIZE THING" for SIZE in det 800x1344, seg 512x512, half-det 400x672 and THING in '
+     'core swin-t (3 heads, d 32); core pvt-t (1 head, d 64); stage-1 attention swin-t; '
+     'stage-1 attention pvt-t; backbone swin-t; backbone pvt-t; stage-1 attention polapp-b2; '
+     'backbone polapp-b2\n'),
+    (['--sizes', 'det', '--filter', 'stage-1', 'seg', 'nosuch'],
+     "--filter 'seg' 'nosuch': no group contains them; the groups are \"SIZE THING\" for SIZE "
+     'in det 800x1344 and THING in core swin-t'),
+    (['--repeat', '0'], 'argument --repeat: must be at least 1, got 0\n'),
+    (['--batch', '0'], 'argument --batch: must be at least 1, got 0\n'),
+    (['--batch', '-2'], 'argument --batch: must be at least 1, got -2\n'),
+    (['--threads', '0'], 'argument --threads: must be at least 1, got 0\n'),
+], ids=['filter', 'filter_of_another_size', 'repeat', 'batch', 'negative_batch', 'threads'])
+def test_benchmark_refuses_arguments_that_measure_nothing(argv, message, capsys):
+    """A filter that no group contains, no timed round or an empty batch is an argument
+    error before anything runs, not empty tables or a StatisticsError."""
+    with pytest.raises(SystemExit) as exit:
+        benchmark.parse_args(argv)
+    assert exit.value.code == 2
+    assert f'error: {message}' in capsys.readouterr().err
+    assert benchmark.parse_args(['--filter', 'stage-1', 'backbone']).filter == ['stage-1',
+                                                                                'backbone']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--window', '0', '--warmup', '0'], 'argument --window: must be at least 1, got 0'),
+    (['--checkpoint-interval', '0'], 'argument --checkpoint-interval: must be at least 1, got 0'),
+    (['--warmup', '-1'], 'argument --warmup: must be at least 0, got -1'),
+    (['--batch-size', '0'], 'argument --batch-size: must be at least 1, got 0'),
+    (['--iters', '10', '--warmup', '1', '--window', '5'],
+     '--iters must be at least --warmup + 2 * --window = 11, got 10'),
+], ids=['window', 'checkpoint_interval', 'warmup', 'batch_size', 'iters'])
+def test_soak_refuses_arguments_before_training(argv, message, capsys):
+    """Windows of no iteration (which ended in a KeyError after the training) and no
+    checkpoints (with an OK) are argument errors before anything runs."""
+    with pytest.raises(SystemExit) as exit:
+        soak.parse_args(argv)
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith(f'error: {message}\n')
 
 
 def test_flops_include_the_linear_attention_products():

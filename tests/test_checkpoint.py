@@ -1,5 +1,7 @@
 """Reading released checkpoints: safe unpickling, key mapping, reports and clear errors."""
 import ast
+import errno
+import importlib.util
 import json
 import os
 import re
@@ -115,14 +117,55 @@ def test_code_in_a_pickle_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
-def test_truncated_and_missing_files_are_named(tmp_path):
+def convert_checkpoint_main(*argv: str) -> int:
+    """tools/convert_checkpoint.py's ``main`` on ``argv``, in this process."""
+    spec = importlib.util.spec_from_file_location('pola_tools_convert_checkpoint',
+                                                  ROOT / 'tools' / 'convert_checkpoint.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(list(argv))
+
+
+# torch.load's error for a zip archive cut at its first bytes is a RuntimeError (no central
+# directory); cut after about 5 to 66 KB, its zip reader seeks before the file's start and
+# the file object raises a bare OSError (EINVAL) naming no file; longer cuts: RuntimeError.
+@pytest.mark.parametrize('size', [2_000, 10_000, 40_000, 100_000])
+def test_truncated_and_missing_files_are_named(size, tmp_path, capsys):
     path = tmp_path / 'cut.pth'
-    torch.save(official_checkpoint({'w': torch.randn(100, 100)}), path)
-    path.write_bytes(path.read_bytes()[:2000])
-    with pytest.raises(RuntimeError, match='cannot read checkpoint .*cut.pth'):
+    torch.save(official_checkpoint({'w': torch.randn(200, 200), 'b': torch.randn(200)}), path)
+    assert path.stat().st_size > 150_000
+    path.write_bytes(path.read_bytes()[:size])
+    truncated = r'cannot read checkpoint .*cut.pth: it is truncated or not a PyTorch checkpoint'
+    with pytest.raises(RuntimeError, match=truncated):
         read_checkpoint(str(path))
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
         read_checkpoint(str(tmp_path / 'nowhere.pth'))
+    assert convert_checkpoint_main(str(path), str(tmp_path / 'out.safetensors')) == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(f'error: {truncated} \\(.*\\)\n', error), error
+    assert not (tmp_path / 'out.safetensors').exists()
+
+
+def test_convert_checkpoint_names_a_destination_it_cannot_write(tmp_path, capsys):
+    path = tmp_path / 'released.pth'
+    torch.save(official_checkpoint({'w': torch.randn(2, 2)}), path)
+    (tmp_path / 'a_file').write_text('')
+    assert convert_checkpoint_main(str(path), str(tmp_path / 'a_file' / 'out.pth')) == 1
+    assert re.fullmatch(r"error: \[Errno \d+\] .*: '.*a_file'\n", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize('error', [
+    PermissionError(errno.EACCES, 'Permission denied', 'x.pth'),
+    IsADirectoryError(errno.EISDIR, 'Is a directory', 'x.pth'),
+    OSError(errno.EIO, 'Input/output error'),
+    OSError(errno.EINVAL, 'Invalid argument', 'x.pth'),
+], ids=lambda error: type(error).__name__ + str(error.errno))
+def test_errors_of_reading_a_file_are_not_called_truncation(error):
+    """Only the OSError torch.load raises for a cut file (EINVAL, naming no file) becomes
+    'truncated'; a file that cannot be read keeps its own error."""
+    with pytest.raises(type(error)) as raised, reader.checkpoint_read_errors('x.pth'):
+        raise error
+    assert raised.value is error
 
 
 def test_weights_are_picked_in_the_documented_order():

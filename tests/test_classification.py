@@ -8,6 +8,7 @@ tensors). The configs must also run through tools/test.py and tools/train.py on 
 generated dataset.
 """
 import filecmp
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -362,6 +363,36 @@ def test_tta_without_tta_settings_averages_flipped_scores(shapes_data):
     flip = cfg.test_dataloader.dataset.pipeline[-1]
     assert flip.type == 'TestTimeAug' and [t['prob'] for t in flip.transforms[0]] == [1., 0.]
     assert flip.transforms[1][0]['type'] == 'PackInputs'
+
+
+def test_show_dir_paints_every_image(shapes_data, tmp_path):
+    """As MMPretrain's tools/test.py (--interval 1): every test image is painted, not one
+    in 5000 (the VisualizationHook's default). The hook names a painting after its image's
+    file name, which repeats across the class folders here: paintings are counted as
+    made. Only the ground truth is drawn: the ImageNet head predicts classes that the 3
+    of these images do not name."""
+    from mmpretrain.visualization import UniversalVisualizer
+    spec = importlib.util.spec_from_file_location('pola_tools_test',
+                                                  osp.join(REPO, 'tools', 'test.py'))
+    test_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_tool)
+    painted = []
+    visualize_cls = UniversalVisualizer.visualize_cls
+
+    def recorded(self, *args, **kwargs):
+        painted.append((kwargs['data_sample'].img_path, kwargs['out_file']))
+        return visualize_cls(self, *args, **kwargs)
+
+    show_dir = tmp_path / 'painted'
+    with mock.patch.object(UniversalVisualizer, 'visualize_cls', recorded):
+        test_tool.main([str(eval_config(shapes_data)), str(shapes_data / 'pola_pvt_tiny.pth'),
+                        '--work-dir', str(tmp_path / 'work'), '--show-dir', str(show_dir),
+                        '--cfg-options', 'default_hooks.visualization.draw_pred=False'])
+    val = sorted(osp.join(root, name) for root, _, names in os.walk(shapes_data / 'data' / 'val')
+                 for name in names)
+    assert len(val) == 6 and sorted(path for path, _ in painted) == val
+    assert all(out_file.startswith(str(show_dir)) and osp.isfile(out_file)
+               for _, out_file in painted)
 
 
 def test_finetune_config_trains_two_iterations(shapes_data):

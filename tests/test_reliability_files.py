@@ -192,13 +192,14 @@ def _flip_bytes_in_largest_tensor(src, dst):
     return entry.filename
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'empty', 'not_a_checkpoint', 'flipped_bytes'])
+@pytest.mark.parametrize('damage', ['truncated', 'cut_at_10kb', 'empty', 'not_a_checkpoint',
+                                    'flipped_bytes'])
 def test_broken_checkpoint_is_named(damage, trained, runner, tmp_path):
     path = tmp_path / f'{damage}.pth'
     data = trained.read_bytes()
-    if damage == 'truncated':
-        path.write_bytes(data[:len(data) // 2])
-        message = r'cannot read checkpoint .*truncated.pth: it is truncated or not a PyTorch'
+    if damage in ('truncated', 'cut_at_10kb'):  # torch.load: RuntimeError, bare OSError
+        path.write_bytes(data[:len(data) // 2 if damage == 'truncated' else 10_000])
+        message = rf'cannot read checkpoint .*{damage}.pth: it is truncated or not a PyTorch'
     elif damage == 'empty':
         path.write_bytes(b'')
         message = r'cannot read checkpoint .*empty.pth: it is truncated or not a PyTorch'

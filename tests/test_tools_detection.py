@@ -14,11 +14,13 @@ import os.path as osp
 import pickle
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.runner import Runner
 from torchvision.ops import box_iou
 
@@ -257,6 +259,59 @@ def test_out_for_detection_must_be_a_pickle(tmp_path):
     with pytest.raises(ValueError, match=r"default_scope 'mmdet'\) --out is the \.pkl or "
                        r'\.pickle file the predictions are dumped to'):
         test_tool.build_config(args)
+
+
+RETINANET_POLAPP_B2 = osp.join(REPO, 'configs', 'detection', 'retinanet_polapp-b2_fpn_1x_coco.py')
+
+
+@pytest.mark.parametrize('wrapper_type', [None, 'mmengine.AmpOptimWrapper', AmpOptimWrapper],
+                         ids=['config', 'scoped', 'class'])
+def test_amp_leaves_an_amp_optim_wrapper_as_it_is(wrapper_type):
+    """As mmdet's tools/train.py: --amp keeps the PolaFormer++ configs' AmpOptimWrapper
+    and their static loss scale of 512, however the type is written, and says so."""
+    args = train_tool.parse_args([RETINANET_POLAPP_B2, '--amp'])
+    if wrapper_type is not None:
+        args.cfg_options = {'optim_wrapper.type': wrapper_type}
+    with mock.patch.object(train_tool, 'print_log') as print_log:
+        cfg = train_tool.build_config(args)
+    assert cfg.optim_wrapper.type == (wrapper_type or 'AmpOptimWrapper')
+    assert cfg.optim_wrapper.loss_scale == 512.
+    assert 'AMP training is already enabled in the config' in print_log.call_args.args[0]
+    assert 'loss_scale 512.0' in print_log.call_args.args[0]
+
+
+@pytest.mark.parametrize('wrapper_type', [None, 'OptimWrapper', 'mmengine.OptimWrapper',
+                                          OptimWrapper], ids=['default', 'name', 'scoped', 'class'])
+def test_amp_makes_an_optim_wrapper_amp_with_a_dynamic_loss_scale(wrapper_type):
+    args = train_tool.parse_args([MASK_RCNN_PVT_T, '--amp'])
+    args.cfg_options = {'optim_wrapper.type': wrapper_type}
+    if wrapper_type is None:
+        args.cfg_options = {'optim_wrapper': dict(_delete_=True, optimizer=dict(type='SGD'))}
+    cfg = train_tool.build_config(args)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+
+
+def test_amp_refuses_another_optim_wrapper():
+    args = train_tool.parse_args([MASK_RCNN_PVT_T, '--amp', '--cfg-options',
+                                  'optim_wrapper.type=ApexOptimWrapper'])
+    with pytest.raises(RuntimeError, match="--amp turns an OptimWrapper into an AmpOptimWrapper, "
+                       "but the config's optim_wrapper type is 'ApexOptimWrapper'"):
+        train_tool.build_config(args)
+
+
+@pytest.mark.parametrize('setting', ['None', 'dict(enable=False)', None],
+                         ids=['none', 'no_base_batch_size', 'absent'])
+def test_auto_scale_lr_needs_a_base_batch_size(setting, tmp_path):
+    """A config without auto_scale_lr settings (None, as a config may set to drop its
+    base's, included) gets the tool's error, not a TypeError."""
+    config = tmp_path / 'config.py'
+    config.write_text("default_scope = 'mmdet'\n" + (
+        f'auto_scale_lr = {setting}\n' if setting else ''))
+    args = train_tool.parse_args([str(config), '--auto-scale-lr'])
+    with pytest.raises(RuntimeError, match=r'--auto-scale-lr needs '
+                       r'auto_scale_lr=dict\(base_batch_size=\.\.\.\) in the config'):
+        train_tool.build_config(args)
 
 
 class _RecordResumeState(Hook):

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         result = convert(args.src, args.dst)
-    except (FileNotFoundError, RuntimeError) as error:
+    except (OSError, RuntimeError) as error:  # OSError: missing, unreadable, a full disk
         print(f'error: {error}', file=sys.stderr)
         return 1
     print(f'kept {result["kept"]} weight tensors ({result["parameters"] / 1e6:.2f}M values) '

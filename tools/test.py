@@ -2,7 +2,8 @@
 
 Like ``tools/train.py``, this reads the config's ``default_scope`` and imports ``pola_mm``
 itself. ``--show``/``--show-dir`` switch on the scope's visualisation hook
-(``DetVisualizationHook``, ``SegVisualizationHook`` or mmpretrain's ``VisualizationHook``),
+(``DetVisualizationHook``, ``SegVisualizationHook`` or mmpretrain's ``VisualizationHook``,
+which paints every image here, as in mmpretrain's ``tools/test.py``, not 1 in 5000),
 ``--tta`` wraps the model in the config's ``tta_model`` with its ``tta_pipeline`` (a
 detection or classification config without them gets the default flip TTA of mmdet's or
 mmpretrain's ``tools/test.py``, unless its model predicts masks, which mmdet's TTA cannot
@@ -46,8 +47,14 @@ def parse_args(argv=None):
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir',
-        help='directory (inside the work dir for detection and classification, as in '
-        'mmdet and mmpretrain) where painted images are saved')
+        help="directory where painted images are saved: for detection inside the work "
+        "dir's timestamped folder (as in mmdet), for segmentation and classification "
+        "under the path as given (as in mmseg and mmpretrain). Detection and "
+        "classification paint every test image (classification as mmpretrain's "
+        "tools/test.py, whose --interval defaults to 1, unless the config sets "
+        "default_hooks.visualization.interval); segmentation, as mmseg's tools/test.py, "
+        "every default_hooks.visualization.interval-th batch (50 unless set; 1 paints "
+        "every image)")
     parser.add_argument(
         '--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument(
@@ -97,6 +104,9 @@ def enable_visualization(cfg: Config, args) -> None:
             cfg.visualizer.alpha = 1.0
     elif scope == 'mmpretrain':
         hook.enable = True
+        # every image, as MMPretrain's tools/test.py (its --interval defaults to 1), unless
+        # the config sets an interval; the hook's own default paints 1 image in 5000
+        hook.setdefault('interval', 1)
         if args.show_dir:
             hook.out_dir = args.show_dir
     else:

@@ -13,10 +13,14 @@ Example::
     bash tools/dist_train.sh CONFIG 8 --auto-scale-lr
 """
 import argparse
+import logging
 import os
 import os.path as osp
+from typing import Optional
 
 from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 import pola_mm  # noqa: F401  (registers the Pola backbones)
 from pola_mm.engine import build_runner
@@ -34,7 +38,11 @@ def parse_args(argv=None):
         help='resume from the given checkpoint, or from the latest checkpoint in the '
         'work dir when no path is given')
     parser.add_argument(
-        '--amp', action='store_true', help='enable automatic mixed precision training')
+        '--amp',
+        action='store_true',
+        help='enable automatic mixed precision training: the optim_wrapper, an OptimWrapper, '
+        'becomes an AmpOptimWrapper with a dynamic loss scale; an AmpOptimWrapper is left '
+        'as the config sets it (the PolaFormer++ configs: a static loss scale of 512)')
     parser.add_argument(
         '--auto-scale-lr',
         action='store_true',
@@ -58,6 +66,49 @@ def parse_args(argv=None):
     return args
 
 
+# Scopes whose registries find MMEngine's optim wrappers under their own names (the
+# libraries' registries are MMEngine's children and define no wrappers of these names).
+MMENGINE_WRAPPER_SCOPES = ('', 'mmengine', 'mmdet', 'mmseg', 'mmpretrain')
+
+
+def _wrapper_name(wrapper_type) -> Optional[str]:
+    """``'OptimWrapper'`` or ``'AmpOptimWrapper'`` when ``wrapper_type`` (an optim_wrapper
+    config's ``type``: a name, scoped or not, or a class) is MMEngine's, else None."""
+    if isinstance(wrapper_type, type):
+        known = {OptimWrapper: 'OptimWrapper', AmpOptimWrapper: 'AmpOptimWrapper'}
+        return known.get(wrapper_type)
+    scope, _, name = str(wrapper_type).rpartition('.')
+    if scope in MMENGINE_WRAPPER_SCOPES and name in ('OptimWrapper', 'AmpOptimWrapper'):
+        return name
+    return None
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp``, as MMDetection's ``tools/train.py``: an ``OptimWrapper`` (the default
+    type) becomes an ``AmpOptimWrapper`` with a dynamic loss scale; an ``AmpOptimWrapper``
+    (the PolaFormer++ configs', with their static loss scale of 512) is left as it is.
+
+    Raises:
+        RuntimeError: naming the type, for any other optim_wrapper type.
+    """
+    wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    name = _wrapper_name(wrapper_type)
+    if name == 'AmpOptimWrapper':
+        loss_scale = cfg.optim_wrapper.get('loss_scale', 'dynamic')
+        print_log('--amp: AMP training is already enabled in the config (optim_wrapper type '
+                  f'{wrapper_type!r}, loss_scale {loss_scale!r}); it is left as it is.',
+                  logger='current', level=logging.WARNING)
+        return
+    if name != 'OptimWrapper':
+        shown = getattr(wrapper_type, '__qualname__', wrapper_type)
+        raise RuntimeError(
+            f'--amp turns an OptimWrapper into an AmpOptimWrapper, but the config\'s '
+            f'optim_wrapper type is {shown!r}; enable mixed precision in its settings '
+            'instead, or train without --amp.')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
 def build_config(args) -> Config:
     """Load ``args.config`` and apply the command-line options to it."""
     cfg = Config.fromfile(args.config)
@@ -70,14 +121,15 @@ def build_config(args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
-    if args.amp and cfg.optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.amp:
+        enable_amp(cfg)
 
     if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+        auto_scale_lr = cfg.get('auto_scale_lr')
+        if not isinstance(auto_scale_lr, dict) or 'base_batch_size' not in auto_scale_lr:
             raise RuntimeError(
-                '--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config.')
+                '--auto-scale-lr needs auto_scale_lr=dict(base_batch_size=...) in the config '
+                f'(it has auto_scale_lr={auto_scale_lr!r}).')
         cfg.auto_scale_lr.enable = True
 
     if args.resume == 'auto':

@@ -43,6 +43,7 @@ CUDA) is refused as such before the file is unpickled (:func:`check_map_location
 taken for a damaged file.
 """
 import collections
+import errno
 import http.client
 import io
 import logging
@@ -308,6 +309,16 @@ def _refusal_reason(error: pickle.UnpicklingError) -> str:
     return reasons[0] if reasons else 'refused by the weights-only unpickler'
 
 
+def _is_damaged_content_error(error: OSError) -> bool:
+    """Whether ``error`` is the ``OSError`` that ``torch.load`` raises for a damaged file
+    rather than one of reading it: a zip archive cut off after a few KB (about 5 to 66 KB
+    with torch 2.x) sends its zip reader to seek before the file's start, which Python's
+    file objects refuse with a plain ``OSError`` ``EINVAL`` naming no file. Missing or
+    unreadable files (``FileNotFoundError``, ``PermissionError``, ... subclasses) and other
+    errnos (``EIO`` of a failing disk) are left as they are."""
+    return type(error) is OSError and error.errno == errno.EINVAL and error.filename is None
+
+
 @contextmanager
 def checkpoint_read_errors(path: str) -> Iterator[None]:
     """Re-raise the errors of reading the checkpoint ``path`` in the block as
@@ -330,6 +341,12 @@ def checkpoint_read_errors(path: str) -> Iterator[None]:
             'only unpickles tensors and plain data, since unpickling anything else can run '
             'code; re-save the weights of a file you trust as a plain state dict') from None
     except (RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointReadError(
+            f'cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint '
+            f'({type(error).__name__}: {error})') from None
+    except OSError as error:
+        if not _is_damaged_content_error(error):
+            raise  # a missing or unreadable file, a failing disk: the error says which
         raise CheckpointReadError(
             f'cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint '
             f'({type(error).__name__}: {error})') from None

@@ -369,23 +369,58 @@ def scaling_table(rows: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def selected_sizes(args) -> Dict[str, Tuple[int, int]]:
+    """The image sizes the arguments ask for: name -> (height, width)."""
+    return {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
+
+
+def group_names(sizes: Dict[str, Tuple[int, int]]) -> List[str]:
+    """The groups of cases at ``sizes``, in their order (no module is built)."""
+    return list(dict.fromkeys(case.group for case in build_cases(sizes, 1, 'cpu',
+                                                                 torch.float32)))
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                         choices=('cpu', 'cuda'))
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
+    parser.add_argument('--threads', type=positive_int, default=2,
+                        help='CPU threads (default 2)')
     parser.add_argument('--dtype', default='fp32', choices=sorted(DTYPES),
                         help='autocast dtype of the layers (the Pola core stays fp32)')
-    parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--repeat', type=int, default=5, help='timed runs (median)')
+    parser.add_argument('--batch', type=positive_int, default=1)
+    parser.add_argument('--repeat', type=positive_int, default=5, help='timed runs (median)')
     parser.add_argument('--sizes', nargs='+', choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument('--filter', nargs='+', default=[''],
-                        help='only groups containing one of these texts')
+                        help='only groups containing one of these texts; each must be in '
+                        'some group')
     parser.add_argument('--peaks-only', action='store_true',
                         help='measure only the peaks and print them as JSON (the child pass)')
     parser.add_argument('--quick', action='store_true',
                         help='tiny shapes and one timed run: a smoke test, not a measurement')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    sizes = selected_sizes(args)
+    groups = group_names(sizes)
+    unmatched = [text for text in args.filter if not any(text in group for group in groups)]
+    if unmatched:
+        tags = [f'{name} {height}x{width}' for name, (height, width) in sizes.items()]
+        things = dict.fromkeys(group.split(' ', 2)[2] for group in groups)
+        parser.error(f'--filter {" ".join(map(repr, unmatched))}: no group contains '
+                     f'{"it" if len(unmatched) == 1 else "them"}; '
+                     f'the groups are "SIZE THING" for SIZE in {", ".join(tags)} and THING in '
+                     f'{"; ".join(things)}')
+    return args
 
 
 def measure_peaks(argv: Optional[List[str]]) -> List[int]:
@@ -401,7 +436,7 @@ def measure_peaks(argv: Optional[List[str]]) -> List[int]:
 
 def select_cases(args) -> List[Case]:
     """The cases the arguments ask for."""
-    sizes = {name: (QUICK_SIZES if args.quick else SIZES)[name] for name in args.sizes}
+    sizes = selected_sizes(args)
     return [case for case in build_cases(sizes, args.batch, args.device, DTYPES[args.dtype])
             if any(text in case.group for text in args.filter)]
 

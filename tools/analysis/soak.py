@@ -100,26 +100,42 @@ def build_config(args, data_root: str, work_dir: str) -> Config:
     return cfg
 
 
+def at_least(minimum: int):
+    """argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {value}')
+        return value
+
+    return parse
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--iters', type=int, default=200, help='training iterations')
-    parser.add_argument('--warmup', type=int, default=20,
+    parser.add_argument('--iters', type=at_least(1), default=200, help='training iterations')
+    parser.add_argument('--warmup', type=at_least(0), default=20,
                         help='iterations before the first window (allocator and caches '
                         'settle)')
-    parser.add_argument('--window', type=int, default=20, help='iterations per window')
-    parser.add_argument('--image-size', type=int, default=64)
-    parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--train-images', type=int, default=16)
-    parser.add_argument('--checkpoint-interval', type=int, default=20,
+    parser.add_argument('--window', type=at_least(1), default=20, help='iterations per window')
+    parser.add_argument('--image-size', type=at_least(1), default=64)
+    parser.add_argument('--batch-size', type=at_least(1), default=2)
+    parser.add_argument('--train-images', type=at_least(1), default=16)
+    parser.add_argument('--checkpoint-interval', type=at_least(1), default=20,
                         help='iterations between checkpoints; with the default window, each '
                         'window holds one save')
-    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--threads', type=at_least(1), default=2, help='torch CPU threads')
     parser.add_argument('--max-growth', type=float, default=0.10,
                         help='largest accepted growth of the peak RSS, end over start')
     parser.add_argument('--work-dir', help='kept afterwards; a temporary one by default')
     args = parser.parse_args(argv)
     if args.warmup + 2 * args.window > args.iters:
-        parser.error('--iters must be at least --warmup + 2 * --window')
+        parser.error(f'--iters must be at least --warmup + 2 * --window = '
+                     f'{args.warmup + 2 * args.window}, got {args.iters}')
     return args
 
 
