@@ -340,12 +340,8 @@ def checkpoint_read_errors(path: str) -> Iterator[None]:
             f'refusing to load {path}: it is not a plain weights file ({reason}). pola_mm '
             'only unpickles tensors and plain data, since unpickling anything else can run '
             'code; re-save the weights of a file you trust as a plain state dict') from None
-    except (RuntimeError, EOFError, ValueError) as error:
-        raise CheckpointReadError(
-            f'cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint '
-            f'({type(error).__name__}: {error})') from None
-    except OSError as error:
-        if not _is_damaged_content_error(error):
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        if isinstance(error, OSError) and not _is_damaged_content_error(error):
             raise  # a missing or unreadable file, a failing disk: the error says which
         raise CheckpointReadError(
             f'cannot read checkpoint {path}: it is truncated or not a PyTorch checkpoint '
